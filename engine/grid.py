@@ -133,7 +133,9 @@ class Grid:
     # -- derived grids ----------------------------------------------------------------
     def window(self, row_off: int, col_off: int, height: int, width: int) -> Grid:
         """The sub-grid starting at (row_off, col_off); may extend past this grid."""
-        return Grid(self.crs, self.transform * Affine.translation(col_off, row_off), (height, width))
+        return Grid(
+            self.crs, self.transform * Affine.translation(col_off, row_off), (height, width)
+        )
 
     def outline(self, points_per_edge: int = 21) -> np.ndarray:
         """Densified ring of the grid's outer pixel edges, shape (n, 2), in ``crs``."""
@@ -185,7 +187,13 @@ class Lattice:
             raise ValueError(f"tile size must be at least 16 pixels, got {self.tile_size}")
 
     def __dask_tokenize__(self) -> tuple:
-        return ("mosaicflow.Lattice", self.crs.to_wkt(), self.cell_size, self.tile_size, self.origin)
+        return (
+            "mosaicflow.Lattice",
+            self.crs.to_wkt(),
+            self.cell_size,
+            self.tile_size,
+            self.origin,
+        )
 
     @property
     def tile_span(self) -> float:

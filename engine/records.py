@@ -71,7 +71,9 @@ class BandStats:
     def from_dict(cls, d: dict[str, Any]) -> BandStats:
         if not d.get("count"):
             return cls()
-        return cls(int(d["count"]), float(d["min"]), float(d["max"]), float(d["sum"]), float(d["sumsq"]))
+        return cls(
+            int(d["count"]), float(d["min"]), float(d["max"]), float(d["sum"]), float(d["sumsq"])
+        )
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""How mosaicflow obtains a Dask client: a given one, a scheduler address, or a LocalCluster."""
+
+from cluster.client import GDAL_WORKER_ENV, GDALEnvPlugin, dask_client, local_cluster_size
+
+__all__ = ["GDAL_WORKER_ENV", "GDALEnvPlugin", "dask_client", "local_cluster_size"]

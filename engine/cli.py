@@ -1,0 +1,312 @@
+"""The ``mosaicflow`` command line: parses arguments and calls the same functions as Python.
+
+Errors are translated here, and only here, into exit codes (SPEC §2): 0 every image
+ingested, 3 some images failed (each listed), 1 nothing usable, 2 a bad request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import MosaicflowError, RequestError, StoreError
+
+EXIT_OK, EXIT_NOTHING, EXIT_REQUEST, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RequestError as exc:
+        print(f"mosaicflow: bad request: {exc}", file=sys.stderr)
+        return EXIT_REQUEST
+    except StoreError as exc:
+        print(f"mosaicflow: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    except MosaicflowError as exc:
+        print(f"mosaicflow: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    except KeyboardInterrupt:
+        print("mosaicflow: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mosaicflow", description="Create and inspect image collections."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("create", help="create (or resume) an image collection")
+    c.add_argument("store", nargs="?", help="output collection path (STORE.zarr)")
+    c.add_argument(
+        "inputs", nargs="*", help="input rasters: files, globs, directories, file:// or cloud uris"
+    )
+    c.add_argument(
+        "--request", help="a JSON file with the seed's parameters (inputRasters, rasterType, ...)"
+    )
+    c.add_argument("--raster-type", default=None, help="rasterTypeName (default: Raster Dataset)")
+    c.add_argument("--raster-type-params", default=None, help="rasterTypeParameters as JSON")
+    c.add_argument(
+        "--out-sr", default=None, help="output spatial reference: 3857, EPSG:32633, WKT, ..."
+    )
+    c.add_argument("--cell-size", default=None, help="cell size in outSR units, or MinOf / MaxOf")
+    c.add_argument(
+        "--resampling", default=None, help="NEAREST, BILINEAR, CUBIC, ... (default NEAREST)"
+    )
+    c.add_argument("--extent", default=None, help="clip box xmin,ymin,xmax,ymax[,SR]")
+    c.add_argument(
+        "--clip", default=None, help="clip polygon: GeoJSON/Esri JSON text or a file holding it"
+    )
+    c.add_argument("--nodata", default=None, type=float, help="output noData value")
+    c.add_argument(
+        "--byref", action="store_true", help="keep pixels at the source (reference only)"
+    )
+    c.add_argument("--name", default=None, help="collection name (default: the store's file name)")
+    _cluster_args(c)
+    c.add_argument(
+        "--tile-size", type=int, default=512, help="collection tile (chunk) size in pixels"
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing collection")
+    c.add_argument("--json", action="store_true", help="print the result object as JSON on stdout")
+    c.set_defaults(func=cmd_create)
+
+    i = sub.add_parser("info", help="describe a collection")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("verify", help="re-read every chunk and check each image's checksum")
+    v.add_argument("store")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser("demo", help="generate a small realistic input set and ingest it")
+    d.add_argument("dir", nargs="?", default="demo-output")
+    d.add_argument("--scenes", type=int, default=4)
+    d.add_argument("--size", type=int, default=1024)
+    _cluster_args(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else local)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="local cluster worker processes (default: cores)"
+    )
+
+
+# -- create ------------------------------------------------------------------------------
+
+
+def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed-shaped request the flags describe (the same parser then validates it)."""
+    if args.request:
+        try:
+            req = json.loads(Path(args.request).read_text())
+        except OSError as exc:
+            raise RequestError(
+                "--request",
+                args.request,
+                f"cannot be read ({exc.strerror})",
+                "give a readable JSON file",
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise RequestError(
+                "--request", args.request, f"is not valid JSON ({exc})", "fix the JSON"
+            ) from None
+        if not isinstance(req, dict):
+            raise RequestError(
+                "--request", args.request, "must hold a JSON object", 'e.g. {"inputRasters": {...}}'
+            )
+        if args.store and "imageCollection" not in req:
+            req["imageCollection"] = {"uri": args.store}
+        if args.overwrite:
+            req["overwrite"] = True
+        return req
+    if not args.store:
+        raise RequestError(
+            "STORE", None, "no output collection given", "mosaicflow create OUT.zarr INPUT..."
+        )
+    if not args.inputs:
+        raise RequestError(
+            "INPUT", [], "no input rasters given", "name files, globs or directories after STORE"
+        )
+    inputs: dict[str, Any] = {"uris": list(args.inputs)}
+    if args.byref:
+        inputs["byref"] = True
+    rtype: dict[str, Any] = {"rasterTypeName": args.raster_type or "Raster Dataset"}
+    if args.raster_type_params:
+        rtype["rasterTypeParameters"] = args.raster_type_params
+    context: dict[str, Any] = {}
+    if args.out_sr:
+        context["outSR"] = args.out_sr
+    if args.cell_size:
+        context["cellSize"] = args.cell_size
+    if args.resampling:
+        context["resamplingMethod"] = args.resampling
+    if args.extent:
+        context["extent"] = args.extent
+    if args.clip:
+        clip = Path(args.clip)
+        context["clippingGeometry"] = clip.read_text() if clip.is_file() else args.clip
+    if args.nodata is not None:
+        context["noData"] = args.nodata
+    collection: dict[str, Any] = {"uri": args.store}
+    if args.name:
+        collection["serviceProperties"] = {"name": args.name}
+    return {
+        "inputRasters": inputs,
+        "rasterType": rtype,
+        "imageCollection": collection,
+        "context": context,
+        "overwrite": args.overwrite,
+    }
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from engine.ingest import run_request
+    from engine.request import parse_request
+
+    request = parse_request(request_from_args(args))
+    for w in request.warnings:
+        print(f"mosaicflow: warning: {w}", file=sys.stderr)
+    result = run_request(
+        request,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        tile_size=args.tile_size,
+        progress=ProgressPrinter(),
+    )
+    return report(result, as_json=args.json)
+
+
+def report(result: Any, *, as_json: bool) -> int:
+    for r in result.failed:
+        print(f"mosaicflow: image failed: {', '.join(r.source_uris)}: {r.message}", file=sys.stderr)
+    done = len(result.complete)
+    print(
+        f"mosaicflow: {done} of {len(result.records)} images ingested into {result.store} "
+        f"in {result.elapsed:.1f} s",
+        file=sys.stderr,
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    return int(result.exit_code)
+
+
+class ProgressPrinter:
+    """Progress on stderr: images and chunks done, rate, ETA, and the dashboard link."""
+
+    def __init__(self, stream: Any = None, every: float = 1.0) -> None:
+        self.stream = stream or sys.stderr
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage = event.get("stage")
+        if stage == "probed":
+            self._say(f"found {event['images']} readable images ({event['failed']} unreadable)")
+        elif stage == "planned":
+            self._say(
+                f"planned {event['images']} images, {event['chunks']} chunks to compute"
+                + (f", {event['skipped']} images already complete" if event.get("skipped") else "")
+            )
+        elif stage == "compute" and event.get("dashboard"):
+            self._say(f"Dask dashboard: {event['dashboard']}")
+        elif stage == "chunks":
+            now = time.monotonic()
+            last = event["chunks_done"] == event["chunks"]
+            if not last and now - self._last < self.every:
+                return
+            self._last = now
+            rate = event["chunks_done"] / max(event["elapsed"], 1e-9)
+            eta = (event["chunks"] - event["chunks_done"]) / rate if rate else 0.0
+            self._say(
+                f"images {event['images_done']}/{event['images']}  chunks {event['chunks_done']}/"
+                f"{event['chunks']}  {rate:.1f} chunks/s  ETA {eta:.0f} s"
+            )
+
+    def _say(self, text: str) -> None:
+        print(f"mosaicflow: {text}", file=self.stream, flush=True)
+
+
+# -- info / verify / demo ----------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine.collection import open_collection
+
+    coll = open_collection(args.store)
+    table = coll.catalog
+    status = table["status"].to_pylist()
+    d = coll.descriptor
+    info = {
+        "store": coll.path,
+        "name": coll.info.name,
+        "crs": d.get("spatialReference"),
+        "cell_size": coll.info.cell_size,
+        "tile_size": coll.info.tile_size,
+        "images": len(status),
+        "complete": status.count("complete"),
+        "failed": status.count("failed"),
+        "extent": d.get("extent"),
+        "bandCount": d.get("bandCount"),
+        "pixelType": d.get("pixelType"),
+        "image_ids": coll.image_ids,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if k != "image_ids":
+                print(f"{k:>10}: {v}")
+        for row in table.select(["image_id", "status", "width", "height", "message"]).to_pylist():
+            print(
+                f"  {row['image_id']}  {row['status']:<8} {row['width']}x{row['height']}  {row['message'] or ''}"
+            )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from engine.verify import verify_collection
+
+    report_ = verify_collection(args.store)
+    if args.json:
+        print(json.dumps(report_, indent=2))
+    for image_id, r in report_["images"].items():
+        if not r["ok"]:
+            print(f"mosaicflow: {image_id}: {r['problem']}", file=sys.stderr)
+    print(
+        f"mosaicflow: verified {report_['checked']} images: {report_['bad']} bad", file=sys.stderr
+    )
+    return EXIT_OK if report_["bad"] == 0 else EXIT_NOTHING
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    result = run_demo(
+        Path(args.dir),
+        scenes=args.scenes,
+        size=args.size,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=ProgressPrinter(),
+    )
+    return report(result, as_json=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

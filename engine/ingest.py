@@ -1,0 +1,606 @@
+"""CreateImageCollection: request → sources → probe → plan → chunk graph → store → catalog.
+
+This module orchestrates; it holds no geometry and no pixel code. The client side does
+only metadata work (probe, plan, templates, catalog); pixels move only between the
+sources, the workers and the store.
+
+Failure policy: one bad image never sinks the others. Probing, planning and chunk tasks
+each turn an image's failure into a ``failed`` catalog row with the reason; the image's
+partial group is removed, and only images whose every chunk task succeeded are marked
+``complete`` (the status attribute is written last, after the pixels).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import zarr
+from affine import Affine
+from dask.base import tokenize
+from distributed import Client, as_completed
+
+from cluster import dask_client
+from engine import catalog, footprint, service, stac, store
+from engine.errors import ImageError, RequestError
+from engine.grid import Grid, Lattice
+from engine.plan import ImagePlan, Plan, plan_collection
+from engine.rastertypes import ImageSource, get_raster_type
+from engine.records import BandStats, CollectionInfo, ImageRecord
+from engine.request import CreateRequest, build_request
+from engine.sources import resolve_sources
+from graphs.chunk import ImageJob
+from graphs.ingest import build_ingest_graph
+
+COARSE = 16  # footprint mask cells per chunk side
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class IngestResult:
+    """What a run produced: the store and one record per image (complete or failed)."""
+
+    store: str
+    name: str
+    records: list[ImageRecord]
+    warnings: list[str] = field(default_factory=list)
+    dashboard: str | None = None
+    elapsed: float = 0.0
+
+    @property
+    def complete(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.status == "complete"]
+
+    @property
+    def failed(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.status != "complete"]
+
+    @property
+    def exit_code(self) -> int:
+        """SPEC §2: 0 all ingested, 3 some failed, 1 nothing usable."""
+        if not self.complete:
+            return 1
+        return 3 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "name": self.name,
+            "images": len(self.records),
+            "complete": len(self.complete),
+            "failed": [
+                {"image_id": r.image_id, "source": r.source_uris, "message": r.message}
+                for r in self.failed
+            ],
+            "image_ids": [r.image_id for r in self.complete],
+            "warnings": self.warnings,
+            "elapsed_s": round(self.elapsed, 3),
+            "exit_code": self.exit_code,
+        }
+
+
+def default_raster_store() -> Path:
+    """Where ``serviceProperties.name`` collections go: $MOSAICFLOW_RASTER_STORE or cwd."""
+    return Path(os.environ.get("MOSAICFLOW_RASTER_STORE", ".")).resolve()
+
+
+def create_image_collection(
+    input_rasters: Any,
+    raster_type: Any = None,
+    image_collection: Any = None,
+    context: Any = None,
+    client: Client | None = None,
+    *,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    tile_size: int = 512,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Create (or resume) an image collection: the CreateImageCollection task.
+
+    Parameters
+    ----------
+    input_rasters, raster_type, image_collection, context:
+        As in the seed (SPEC §1); plain paths and names are accepted too.
+    client:
+        A Dask client to run on; else ``scheduler``/``DASK_SCHEDULER_ADDRESS``; else a
+        LocalCluster of ``workers`` processes started for this call.
+
+    Examples
+    --------
+    >>> result = create_image_collection(["a.tif", "b.tif"], image_collection="out.zarr",
+    ...                                  context={"outSR": 3857, "cellSize": 60})  # doctest: +SKIP
+    >>> result.exit_code  # doctest: +SKIP
+    0
+    """
+    request = build_request(
+        input_rasters, raster_type, image_collection, context, overwrite=overwrite
+    )
+    return run_request(
+        request,
+        client=client,
+        scheduler=scheduler,
+        workers=workers,
+        tile_size=tile_size,
+        progress=progress,
+    )
+
+
+def run_request(
+    request: CreateRequest,
+    *,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    tile_size: int = 512,
+    progress: Progress | None = None,
+    sources: list[Any] | None = None,
+) -> IngestResult:
+    """Run a validated request. Request errors are raised before anything is written."""
+    t0 = time.perf_counter()
+    path, name = resolve_store(request)
+    refs = sources if sources is not None else resolve_sources(request.input_rasters)
+    probed, failed = probe_all(refs, request.raster_type.name)
+    existing = _existing_collection(path, request)
+    _report(progress, stage="probed", images=len(probed), failed=len(failed))
+
+    ctx = request.context
+    clip, clip_crs = _clip(request)
+    if not probed:
+        return IngestResult(
+            path, name, failed, list(request.warnings), elapsed=time.perf_counter() - t0
+        )
+    lattice = None
+    if existing is not None:
+        lattice = Lattice(existing.crs_wkt, existing.cell_size, existing.tile_size, existing.origin)
+    plan = plan_collection(
+        probed,
+        out_crs=ctx.out_crs,
+        cell_size=ctx.cell_size,
+        clip=clip,
+        clip_crs=clip_crs,
+        nodata=ctx.nodata,
+        tile=tile_size,
+        lattice=lattice,
+    )
+    failed += [
+        _failed_record(src, uri, reason, request.raster_type.name)
+        for src, uri, reason in plan.failed
+    ]
+    info = CollectionInfo(
+        name=name,
+        crs_wkt=plan.lattice.crs.to_wkt(),
+        cell_size=plan.lattice.cell_size,
+        tile_size=plan.lattice.tile_size,
+        origin=plan.lattice.origin,
+        collection_type=request.raster_type.collection_type,
+        raster_type=request.raster_type.name,
+    )
+    done: dict[str, ImageRecord] = {}
+    if existing is None:
+        store.init_store(
+            path, info, request_token=request_fingerprint(request), overwrite=request.overwrite
+        )
+    else:
+        done = _complete_images(path)
+    todo = [p for p in plan.images if p.source.image_id not in done]
+    _report(
+        progress,
+        stage="planned",
+        images=len(plan.images),
+        skipped=len(plan.images) - len(todo),
+        chunks=sum(len(p.chunks) for p in todo),
+    )
+
+    records = list(done.values())
+    dashboard = None
+    if todo:
+        with dask_client(
+            client,
+            scheduler=scheduler,
+            workers=workers,
+            parallel_processing_factor=ctx.parallel_processing_factor,
+        ) as c:
+            dashboard = c.dashboard_link
+            _report(progress, stage="compute", dashboard=dashboard)
+            records += compute_images(c, path, plan, todo, request, progress)
+    records += failed
+    records.sort(key=lambda r: r.image_id)
+    publish(path, records, info)
+    return IngestResult(
+        path, name, records, list(request.warnings), dashboard, time.perf_counter() - t0
+    )
+
+
+# -- request → store location ------------------------------------------------------------
+
+
+def resolve_store(request: CreateRequest) -> tuple[str, str]:
+    """The store path and collection name of the request's ``imageCollection``."""
+    target = request.image_collection
+    if target.uri:
+        path = (
+            str(Path(target.uri).expanduser().resolve()) if "://" not in target.uri else target.uri
+        )
+        name = target.name or Path(path.rstrip("/")).name.removesuffix(".zarr")
+        return path, name
+    if target.name:
+        return str(default_raster_store() / f"{target.name}.zarr"), target.name
+    if target.url or target.item_id:
+        raise RequestError(
+            "imageCollection",
+            target.url or target.item_id,
+            "an image service url or item id needs the portal of `mosaicflow serve`",
+            'give {"uri": PATH} or {"serviceProperties": {"name": NAME}}',
+        )
+    raise RequestError(
+        "imageCollection",
+        None,
+        "no output collection given",
+        'give {"uri": "out.zarr"} or {"serviceProperties": {"name": NAME}}',
+    )
+
+
+def request_fingerprint(request: CreateRequest) -> str:
+    """A token of everything that decides the pixels: same token, same collection."""
+    ctx = request.context
+    return tokenize(
+        request.input_rasters.values,
+        request.raster_type.name,
+        sorted((str(k).lower(), repr(v)) for k, v in request.raster_type.parameters.items()),
+        ctx.out_crs.to_wkt() if ctx.out_crs is not None else None,
+        repr(ctx.cell_size),
+        str(ctx.resampling),
+        None if ctx.extent is None else (ctx.extent.geometry.wkb, ctx.extent.crs.to_wkt()),
+        None if ctx.clip is None else (ctx.clip.geometry.wkb, ctx.clip.crs.to_wkt()),
+        repr(ctx.nodata),
+    )
+
+
+def _existing_collection(path: str, request: CreateRequest) -> CollectionInfo | None:
+    """The collection already at ``path`` when this request resumes it; None for a new one.
+
+    An existing store is resumed only by the very request that made it (same fingerprint);
+    anything else there is refused unless ``overwrite`` replaces it.
+    """
+    if not os.path.exists(path):
+        return None
+    if request.overwrite:
+        if not store.is_store(path) and os.path.isdir(path) and any(Path(path).iterdir()):
+            raise RequestError(
+                "imageCollection",
+                path,
+                "exists and is not a mosaicflow collection",
+                "choose another output path; mosaicflow never deletes what it did not write",
+            )
+        return None
+    if not store.is_store(path):
+        if os.path.isdir(path) and not any(Path(path).iterdir()):
+            return None
+        raise RequestError(
+            "imageCollection",
+            path,
+            "exists and is not a mosaicflow collection",
+            "choose another output path",
+        )
+    attrs = store.read_root_attrs(path)
+    if attrs.get("request_token") != request_fingerprint(request):
+        raise RequestError(
+            "imageCollection",
+            path,
+            "already exists (made by another request)",
+            "pass --overwrite (overwrite=True) to replace it, or add images with `mosaicflow add`",
+        )
+    return store.read_info(path)
+
+
+def _complete_images(path: str) -> dict[str, ImageRecord]:
+    """Records of images a previous run finished (resume skips them)."""
+    cat = Path(path) / "catalog.parquet"
+    previous = {r.image_id: r for r in catalog.read_records(cat)} if cat.exists() else {}
+    done = {}
+    for image_id in store.list_image_ids(path):
+        meta = store.image_meta(path, image_id) or {}
+        rec = previous.get(image_id)
+        if (
+            meta.get("status") == "complete"
+            and rec is not None
+            and rec.checksum == meta.get("checksum")
+        ):
+            done[image_id] = rec
+    return done
+
+
+def _clip(request: CreateRequest) -> tuple[shapely.Geometry | None, Any]:
+    """The request's clip (extent ∩ clippingGeometry) as one geometry and its CRS."""
+    ctx = request.context
+    regions = [r for r in (ctx.extent, ctx.clip) if r is not None]
+    if not regions:
+        return None, None
+    crs = regions[0].crs
+    geom = regions[0].geometry
+    for r in regions[1:]:
+        geom = geom.intersection(r.to_crs(crs).geometry)
+    return geom, crs
+
+
+# -- probing -----------------------------------------------------------------------------
+
+
+def probe_all(refs: list[Any], raster_type: str) -> tuple[list[ImageSource], list[ImageRecord]]:
+    """Probe every source (metadata only, in a small thread pool: it is I/O bound)."""
+    rtype = get_raster_type(raster_type)
+
+    def one(ref: Any) -> ImageSource | ImageRecord:
+        try:
+            return rtype.probe(ref.uri, ref.gdal_path, ref.name)
+        except ImageError as exc:
+            return _failed_record(None, ref.uri, exc.reason, raster_type, ref.name)
+        except Exception as exc:  # an unexpected failure still fails this image alone
+            return _failed_record(
+                None, ref.uri, f"could not be read: {exc!r}", raster_type, ref.name
+            )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, refs))
+    probed = [r for r in results if isinstance(r, ImageSource)]
+    failed = [r for r in results if isinstance(r, ImageRecord)]
+    # Two inputs naming the same image (e.g. a path and its file:// url) ingest once.
+    unique: dict[str, ImageSource] = {}
+    for src in probed:
+        unique.setdefault(src.image_id, src)
+    return list(unique.values()), failed
+
+
+def _failed_record(
+    src: ImageSource | None, uri: str, reason: str, raster_type: str, name: str | None = None
+) -> ImageRecord:
+    from engine.rastertypes.base import image_id_for
+
+    display = src.name if src else (name or Path(uri).stem)
+    return ImageRecord(
+        image_id=src.image_id if src else image_id_for(raster_type, [uri], display),
+        name=display,
+        source_uris=src.source_uris if src else [uri],
+        raster_type=raster_type,
+        status="failed",
+        message=reason,
+        ingested_at=datetime.now(UTC),
+    )
+
+
+# -- compute -----------------------------------------------------------------------------
+
+
+def image_job(p: ImagePlan, path: str, plan: Plan, resampling: str) -> ImageJob:
+    return ImageJob(
+        image_id=p.source.image_id,
+        parts=tuple(p.source.parts),
+        grid=p.grid,
+        tile=plan.lattice.tile_size,
+        dtype=p.dtype,
+        nodata=p.nodata,
+        resampling=resampling,
+        variables=tuple(p.source.band_names),
+        store=path,
+        clip_wkb=None if plan.clip is None else shapely.to_wkb(plan.clip),
+        coarse=COARSE,
+    )
+
+
+def compute_images(
+    client: Client,
+    path: str,
+    plan: Plan,
+    todo: list[ImagePlan],
+    request: CreateRequest,
+    progress: Progress | None,
+) -> list[ImageRecord]:
+    """Write templates, run every chunk task, and turn chunk summaries into records."""
+    resampling = request.context.resampling.name
+    jobs = []
+    for p in todo:
+        store.create_image_template(
+            path,
+            p.source.image_id,
+            p.grid,
+            p.source.band_names,
+            p.dtype,
+            p.nodata,
+            plan.lattice.tile_size,
+            attrs=_image_attrs(p),
+            band_attrs=_band_attrs(p.source),
+        )
+        jobs.append((image_job(p, path, plan, resampling), p.chunks))
+    dsk, outputs = build_ingest_graph(jobs)
+    key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
+    all_keys = list(key_image)
+    futures = client.get(dsk, all_keys, sync=False) if all_keys else []
+    summaries: dict[str, list[dict[str, Any]]] = {p.source.image_id: [] for p in todo}
+    errors: dict[str, str] = {}
+    remaining = {image_id: len(keys) for image_id, keys in outputs.items()}
+    done_images, t0 = 0, time.perf_counter()
+    for done_chunks, fut in enumerate(as_completed(futures), start=1):
+        image_id = key_image[fut.key]
+        if fut.status == "error":
+            errors.setdefault(image_id, _describe(fut.exception()))
+        else:
+            summaries[image_id].append(fut.result())
+        remaining[image_id] -= 1
+        if remaining[image_id] == 0:
+            done_images += 1
+        _report(
+            progress,
+            stage="chunks",
+            chunks_done=done_chunks,
+            chunks=len(all_keys),
+            images_done=done_images,
+            images=len(todo),
+            elapsed=time.perf_counter() - t0,
+        )
+    return [
+        finish_image(
+            path,
+            p,
+            summaries[p.source.image_id],
+            errors.get(p.source.image_id),
+            plan.lattice,
+            request,
+        )
+        for p in todo
+    ]
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "chunk task failed"
+    msg = str(exc).strip() or type(exc).__name__
+    if "RasterioIOError" in type(exc).__name__ or "CPLE" in type(exc).__name__ or "TIFF" in msg:
+        return f"read error (corrupt or truncated file?): {msg}"
+    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, ImageError) else exc.reason
+
+
+def finish_image(
+    path: str,
+    p: ImagePlan,
+    summaries: list[dict[str, Any]],
+    error: str | None,
+    lattice: Lattice,
+    request: CreateRequest,
+) -> ImageRecord:
+    """Fold chunk summaries into the image's record and commit (or drop) its group."""
+    src = p.source
+    now = datetime.now(UTC)
+    valid = sum(s["valid"] for s in summaries)
+    if error is None and valid == 0:
+        error = (
+            "contains no valid pixels in the collection grid (all nodata, or only outside the clip)"
+        )
+    if error is not None:
+        store.remove_image(path, src.image_id)
+        return _failed_record(src, src.source_uris[0], error, src.raster_type)
+    n_bands = len(src.band_names)
+    stats = [BandStats() for _ in range(n_bands)]
+    digests = []
+    for s in summaries:
+        if s["stats"]:
+            for b, t in enumerate(s["stats"]):
+                stats[b] = stats[b] + BandStats(*t) if t[0] else stats[b]
+        if s["digest"]:
+            digests.append((s["i"], s["j"], s["digest"]))
+    from graphs.kernels import combine_digests
+
+    checksum = combine_digests(digests, p.grid.shape, p.dtype)
+    mask, mask_grid = _assemble_mask(summaries, p.grid, lattice.tile_size)
+    fp_native = footprint.mask_to_footprint(mask, mask_grid)
+    fp_native = (
+        fp_native.intersection(p.footprint.buffer(lattice.cell_size))
+        if not fp_native.is_empty
+        else fp_native
+    )
+    fp_wgs84 = footprint.to_wgs84_footprint(fp_native, lattice.crs)
+    store.mark_image(
+        path,
+        src.image_id,
+        checksum=checksum,
+        stats=[s.to_dict() for s in stats],
+        status="complete",
+        completed_at=now.isoformat(),
+    )
+    return ImageRecord(
+        image_id=src.image_id,
+        name=src.name,
+        source_uris=src.source_uris,
+        raster_type=src.raster_type,
+        status="complete",
+        group=src.group,
+        product_name=src.product_name,
+        sensor=src.sensor,
+        acquisition_time=src.acquisition_time,
+        byref=False,
+        grid=p.grid,
+        native_crs_wkt=src.finest_part.grid.crs_wkt,
+        native_resolution=src.finest_part.grid.resolution,
+        band_names=list(src.band_names),
+        dtype=p.dtype,
+        nodata=p.nodata,
+        footprint=fp_wgs84,
+        data_bounds=tuple(fp_native.bounds) if not fp_native.is_empty else p.grid.bounds,  # type: ignore[arg-type]
+        stats=stats,
+        checksum=checksum,
+        cloud_cover=src.cloud_cover,
+        sun_elevation=src.sun_elevation,
+        sun_azimuth=src.sun_azimuth,
+        ingested_at=now,
+        extra=dict(src.extra),
+    )
+
+
+def _assemble_mask(
+    summaries: list[dict[str, Any]], grid: Grid, tile: int
+) -> tuple[np.ndarray, Grid]:
+    """The image's coarse validity mask (one cell per COARSE² pixels) and its grid."""
+    cells = tile // COARSE
+    h, w = -(-grid.height // COARSE), -(-grid.width // COARSE)
+    mask = np.zeros((h, w), dtype=bool)
+    for s in summaries:
+        m = s["coarse"]
+        r0, c0 = s["i"] * cells, s["j"] * cells
+        mask[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] |= m
+    return mask, Grid(grid.crs, grid.transform * Affine.scale(COARSE), (h, w))
+
+
+def _image_attrs(p: ImagePlan) -> dict[str, Any]:
+    src = p.source
+    return {
+        "image_id": src.image_id,
+        "name": src.name,
+        "source_uris": src.source_uris,
+        "raster_type": src.raster_type,
+        "band_names": list(src.band_names),
+    }
+
+
+def _band_attrs(src: ImageSource) -> list[dict[str, Any]]:
+    out = []
+    descriptions = src.extra.get("band_descriptions") or []
+    for k in range(len(src.band_names)):
+        a: dict[str, Any] = {}
+        if k < len(descriptions) and descriptions[k]:
+            a["long_name"] = descriptions[k]
+        if src.scale_offsets and k < len(src.scale_offsets) and src.scale_offsets[k]:
+            a["scale_factor"], a["add_offset"] = src.scale_offsets[k]
+        out.append(a)
+    return out
+
+
+# -- publish -----------------------------------------------------------------------------
+
+
+def publish(path: str, records: list[ImageRecord], info: CollectionInfo) -> None:
+    """Write catalog, STAC and descriptor (each atomically), then consolidate metadata."""
+    root = Path(path)
+    catalog.write_catalog(root / "catalog.parquet", records, info)
+    stac.write_stac(
+        root / "stac", records, info, store_href="..", catalog_href="../catalog.parquet"
+    )
+    store.atomic_write_json(root / "service.json", service.build_descriptor(records, info, path))
+    zarr.consolidate_metadata(path)
+
+
+def _report(progress: Progress | None, **event: Any) -> None:
+    if progress is not None:
+        try:
+            progress(event)
+        except Exception:  # a broken progress display must never fail the ingestion
+            traceback.print_exc()

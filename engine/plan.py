@@ -1,0 +1,197 @@
+"""Planning: the collection lattice, each image's target grid, and the chunks that hold data.
+
+No pixels are read here. The plan is a pure function of the probed images and the
+request's context, so the same request always yields the same plan (and the same Dask keys).
+
+Rules (SPEC §1, output grid rule):
+- collection CRS: ``outSR``, else the first image's CRS;
+- cell size: a number, or ``MinOf`` (finest input, default) / ``MaxOf``, each input's pixel
+  size measured in the collection CRS the way gdalwarp does for a default output grid;
+- an image's grid is its densified footprint in the collection CRS, intersected with the
+  clip (extent ∩ clipping geometry), snapped outward to the lattice, origin on a tile corner;
+- only chunks whose box meets that footprint get a task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio.warp
+import shapely
+from pyproj import CRS
+
+from engine.errors import ImageError, RequestError
+from engine.grid import Grid, Lattice, as_crs
+from engine.rastertypes.base import ImageSource
+
+DEFAULT_TILE = 512
+_FOOTPRINT_POINTS = 64  # per edge when densifying an image outline into the collection CRS
+
+
+@dataclass
+class ImagePlan:
+    """One image's target: grid on the lattice, the chunks to compute, output dtype/nodata."""
+
+    source: ImageSource
+    grid: Grid
+    chunks: list[tuple[int, int]]
+    footprint: shapely.Geometry  # planned coverage in the collection CRS (clip applied)
+    dtype: str
+    nodata: float
+
+
+@dataclass
+class Plan:
+    lattice: Lattice
+    images: list[ImagePlan]
+    failed: list[tuple[ImageSource | None, str, str]] = field(
+        default_factory=list
+    )  # (src, uri, reason)
+    clip: shapely.Geometry | None = None  # in the collection CRS
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(p.chunks) for p in self.images)
+
+
+def collection_crs(sources: list[ImageSource], out_crs: CRS | None) -> CRS:
+    if out_crs is not None:
+        return as_crs(out_crs)
+    return sources[0].finest_part.grid.crs
+
+
+def native_cell_size(src: ImageSource, crs: CRS) -> float:
+    """The image's finest pixel size expressed in ``crs`` units (gdalwarp's default choice)."""
+    g = src.finest_part.grid
+    if g.crs == crs:
+        return min(g.resolution)
+    left, bottom, right, top = g.bounds
+    try:
+        transform, _, _ = rasterio.warp.calculate_default_transform(
+            g.crs.to_wkt(), crs.to_wkt(), g.width, g.height, left, bottom, right, top
+        )
+    except Exception as exc:  # GDAL cannot transform this footprint into the collection CRS
+        raise ImageError(
+            src.source_uris[0], f"cannot be projected to the collection CRS ({exc})"
+        ) from None
+    return float(min(abs(transform.a), abs(transform.e)))
+
+
+def resolve_cell_size(sources: list[ImageSource], crs: CRS, cell_size: object) -> float:
+    if isinstance(cell_size, int | float):
+        return float(cell_size)
+    sizes = []
+    for src in sources:
+        try:
+            sizes.append(native_cell_size(src, crs))
+        except ImageError:
+            continue
+    if not sizes:
+        raise RequestError(
+            "context.cellSize",
+            cell_size,
+            "no input could be measured in the collection CRS",
+            "give a numeric cellSize in outSR units",
+        )
+    return min(sizes) if str(cell_size).lower() != "maxof" else max(sizes)
+
+
+def image_footprint(src: ImageSource, crs: CRS) -> shapely.Geometry:
+    """The image's outline in the collection CRS, densified, buffered by a hair against
+    densification error so no chunk that holds data is dropped."""
+    fp = src.finest_part.grid.footprint_in(crs, _FOOTPRINT_POINTS)
+    if fp.is_empty:
+        raise ImageError(
+            src.source_uris[0],
+            f"its footprint cannot be expressed in the collection CRS {crs.name}",
+        )
+    return fp
+
+
+def chunk_boxes(grid: Grid, tile: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Every chunk index of ``grid`` and its box as a shapely array."""
+    nr, nc = math.ceil(grid.height / tile), math.ceil(grid.width / tile)
+    ii, jj = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+    ii, jj = ii.ravel(), jj.ravel()
+    t = grid.transform
+    x0 = t.c + jj * tile * t.a
+    x1 = t.c + np.minimum((jj + 1) * tile, grid.width) * t.a
+    y0 = t.f + ii * tile * t.e
+    y1 = t.f + np.minimum((ii + 1) * tile, grid.height) * t.e
+    boxes = shapely.box(x0, np.minimum(y0, y1), x1, np.maximum(y0, y1))
+    return list(zip(ii.tolist(), jj.tolist(), strict=True)), boxes
+
+
+def output_nodata(src: ImageSource, requested: float | None) -> float:
+    """Requested noData, else the source's, else NaN for floats and 0 for integers."""
+    if requested is not None:
+        info = np.finfo(src.dtype) if np.dtype(src.dtype).kind == "f" else np.iinfo(src.dtype)
+        if not (math.isnan(requested) and np.dtype(src.dtype).kind == "f") and not (
+            info.min <= requested <= info.max
+        ):
+            raise ImageError(
+                src.source_uris[0], f"noData {requested} does not fit its data type {src.dtype}"
+            )
+        return float(requested)
+    if src.nodata is not None:
+        return float(src.nodata)
+    return float("nan") if np.dtype(src.dtype).kind == "f" else 0.0
+
+
+def plan_collection(
+    sources: list[ImageSource],
+    *,
+    out_crs: CRS | None,
+    cell_size: object = "MinOf",
+    clip: shapely.Geometry | None = None,
+    clip_crs: CRS | None = None,
+    nodata: float | None = None,
+    tile: int = DEFAULT_TILE,
+    lattice: Lattice | None = None,
+) -> Plan:
+    """Plan the collection: lattice (given for an existing collection, else derived),
+    each image's grid and the chunks that hold data. Images that cannot be placed are
+    reported in ``Plan.failed`` and do not stop the others."""
+    if lattice is None:
+        crs = collection_crs(sources, out_crs)
+        lattice = Lattice(crs, resolve_cell_size(sources, crs, cell_size), tile)
+    crs = lattice.crs
+    clip_c = None
+    if clip is not None:
+        from engine.geometry import Region
+
+        clip_c = Region(clip, clip_crs or crs).to_crs(crs).geometry
+        shapely.prepare(clip_c)
+    plan = Plan(lattice, [], clip=clip_c)
+    for src in sources:
+        try:
+            plan.images.append(_plan_image(src, lattice, clip_c, nodata))
+        except ImageError as exc:
+            plan.failed.append((src, exc.source, exc.reason))
+    return plan
+
+
+def _plan_image(
+    src: ImageSource, lattice: Lattice, clip: shapely.Geometry | None, nodata: float | None
+) -> ImagePlan:
+    fp = image_footprint(src, lattice.crs)
+    # Chunks are selected with a one-cell margin: densification error must never drop a
+    # chunk that holds data (an extra chunk costs one empty warp, a missing one a seam).
+    reach = fp.buffer(lattice.cell_size, join_style="mitre")
+    if clip is not None:
+        fp = fp.intersection(clip)
+        reach = reach.intersection(clip)
+        if fp.is_empty:
+            raise ImageError(
+                src.source_uris[0], "lies wholly outside the clip (extent/clippingGeometry)"
+            )
+    grid = lattice.grid_for(fp.bounds)
+    if grid.height == 0 or grid.width == 0:
+        raise ImageError(src.source_uris[0], "covers no whole pixel of the collection grid")
+    index, boxes = chunk_boxes(grid, lattice.tile_size)
+    shapely.prepare(reach)
+    hit = shapely.intersects(reach, boxes)
+    chunks = [ij for ij, h in zip(index, hit, strict=True) if h]
+    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata))

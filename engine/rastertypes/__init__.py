@@ -1,0 +1,28 @@
+"""Raster types: how a source reference becomes an :class:`ImageSource`.
+
+Each type module exposes ``NAME`` and ``probe(uri, gdal_path, name) -> ImageSource``.
+The registry maps the canonical ``rasterTypeName`` of SPEC §1 to its module; the satellite
+and camera types register here as they are built.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from engine.rastertypes import raster_dataset
+from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
+
+REGISTRY: dict[str, ModuleType] = {raster_dataset.NAME: raster_dataset}
+
+
+def get_raster_type(name: str) -> ModuleType:
+    """The module implementing ``name``; names not built yet raise NotImplementedError."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise NotImplementedError(
+            f"raster type {name!r} is not available in this build; available: {', '.join(REGISTRY)}"
+        ) from None
+
+
+__all__ = ["REGISTRY", "ImageSource", "SourcePart", "get_raster_type", "image_id_for"]

@@ -1,0 +1,288 @@
+"""The collection store: a Zarr v3 group that plain xarray, rioxarray and GDAL can read.
+
+Layout (SPEC §3)::
+
+    STORE/zarr.json            root attrs "mosaicflow": frame of the collection
+    STORE/images/<id>/         one xarray Dataset per image: b1..bn on (y, x), x/y, spatial_ref
+    STORE/catalog.parquet      GeoParquet index       (engine/catalog.py)
+    STORE/stac/                STAC collection/items  (engine/stac.py)
+    STORE/service.json         ImageServer descriptor (engine/service.py)
+
+Writes follow "template first, then chunk-aligned region writes": the client writes each
+image's metadata and coordinates (no pixels); chunk tasks then fill whole chunks, one task
+per chunk, so no two writers ever touch one chunk. An image is complete only when its group
+attribute ``mosaicflow.status`` says so, which the client sets after every chunk task of
+the image succeeded: a reader never mistakes a half-written image for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from pyproj import CRS
+from zarr.codecs import ZstdCodec
+
+from engine.errors import StoreError
+from engine.grid import Grid
+from engine.records import CollectionInfo
+
+FORMAT_VERSION = 1
+_ZSTD_LEVEL = 3
+
+_CONVENTIONS = [
+    {
+        "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+        "name": "proj:",
+        "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+        "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
+        "description": "Coordinate reference system information for geospatial data",
+    },
+    {
+        "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+        "name": "spatial",
+        "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+        "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+        "description": "Spatial coordinate information",
+    },
+]
+
+
+def store_path(store: str | os.PathLike[str]) -> str:
+    """The store location as a string (local path or URL) without a trailing slash."""
+    return str(store).rstrip("/")
+
+
+def is_store(store: str | os.PathLike[str]) -> bool:
+    return (Path(store_path(store)) / "zarr.json").is_file()
+
+
+def read_info(store: str | os.PathLike[str]) -> CollectionInfo:
+    """The collection frame from the root group attributes."""
+    if not is_store(store):
+        raise StoreError(
+            f"{store} is not a mosaicflow collection (no zarr.json); create it with `mosaicflow create`"
+        )
+    attrs = zarr.open_group(store_path(store), mode="r").attrs.asdict()
+    meta = attrs.get("mosaicflow")
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"{store} is a Zarr group but not a mosaicflow collection (no 'mosaicflow' attributes)"
+        )
+    return CollectionInfo(
+        name=meta["name"],
+        crs_wkt=meta["crs"],
+        cell_size=float(meta["cell_size"]),
+        tile_size=int(meta["tile_size"]),
+        origin=tuple(meta.get("lattice_origin", (0.0, 0.0))),  # type: ignore[arg-type]
+        collection_type=meta.get("collection_type", "UAV/UAS"),
+        raster_type=meta.get("raster_type", "Raster Dataset"),
+    )
+
+
+def read_root_attrs(store: str | os.PathLike[str]) -> dict[str, Any]:
+    return dict(zarr.open_group(store_path(store), mode="r").attrs.asdict().get("mosaicflow", {}))
+
+
+def init_store(
+    store: str | os.PathLike[str],
+    info: CollectionInfo,
+    *,
+    request_token: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Create the root group (or replace it when ``overwrite``) with the collection frame."""
+    path = store_path(store)
+    if overwrite and os.path.exists(path):
+        if not is_store(path) and any(Path(path).iterdir()):
+            raise StoreError(
+                f"{path} exists and is not a mosaicflow collection; refusing to delete it"
+            )
+        shutil.rmtree(path)
+    crs = CRS.from_wkt(info.crs_wkt)
+    root = zarr.open_group(path, mode="a", zarr_format=3)
+    root.attrs.update(
+        {
+            "mosaicflow": {
+                "format_version": FORMAT_VERSION,
+                "name": info.name,
+                "crs": info.crs_wkt,
+                "crs_code": _crs_code(crs),
+                "cell_size": info.cell_size,
+                "tile_size": info.tile_size,
+                "lattice_origin": list(info.origin),
+                "collection_type": info.collection_type,
+                "raster_type": info.raster_type,
+                "request_token": request_token,
+            },
+            "zarr_conventions": _CONVENTIONS[:1],
+            **_proj_attrs(crs),
+        }
+    )
+    root.require_group("images")
+
+
+def _crs_code(crs: CRS) -> str | None:
+    auth = crs.to_authority(min_confidence=90)
+    return f"{auth[0]}:{auth[1]}" if auth else None
+
+
+def _proj_attrs(crs: CRS) -> dict[str, Any]:
+    code = _crs_code(crs)
+    return {"proj:code": code} if code else {"proj:wkt2": crs.to_wkt()}
+
+
+def image_group_path(store: str | os.PathLike[str], image_id: str) -> str:
+    return f"{store_path(store)}/images/{image_id}"
+
+
+def grid_attrs(grid: Grid) -> dict[str, Any]:
+    """zarr-conventions ``proj:`` + ``spatial:`` attributes of an image grid."""
+    return {
+        "zarr_conventions": _CONVENTIONS,
+        **_proj_attrs(grid.crs),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": list(grid.transform)[:6],
+        "spatial:shape": list(grid.shape),
+        "spatial:bbox": list(grid.bounds),
+        "spatial:registration": "pixel",
+    }
+
+
+def create_image_template(
+    store: str | os.PathLike[str],
+    image_id: str,
+    grid: Grid,
+    variables: list[str],
+    dtype: str,
+    nodata: float,
+    tile: int,
+    attrs: dict[str, Any] | None = None,
+    band_attrs: list[dict[str, Any]] | None = None,
+) -> None:
+    """Write one image's metadata and coordinates, and no pixels (chunk tasks fill them).
+
+    The group is an xarray Dataset: one variable per band on (y, x) with ``_FillValue`` =
+    nodata and ``grid_mapping`` → a CF ``spatial_ref`` variable (crs_wkt, GeoTransform),
+    pixel-centre x/y coordinates, and zarr-conventions attributes on the group.
+    """
+    import dask.array as da
+
+    x, y = grid.coords()
+    spatial_ref = xr.Variable((), np.int32(0), _cf_grid_mapping(grid))
+    data_vars = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(variables):
+        lazy = da.empty(grid.shape, chunks=(tile, tile), dtype=dtype)
+        vattrs = {"grid_mapping": "spatial_ref", **((band_attrs or [{}] * len(variables))[k])}
+        data_vars[name] = xr.Variable(("y", "x"), lazy, vattrs)
+        encoding[name] = {
+            "chunks": (tile, tile),
+            "_FillValue": np.array(nodata, dtype=dtype).item(),
+            "compressors": [ZstdCodec(level=_ZSTD_LEVEL)],
+        }
+    coords = {
+        "x": xr.Variable(
+            "x",
+            x,
+            {"units": _units(grid.crs), "standard_name": "projection_x_coordinate", "axis": "X"},
+        ),
+        "y": xr.Variable(
+            "y",
+            y,
+            {"units": _units(grid.crs), "standard_name": "projection_y_coordinate", "axis": "Y"},
+        ),
+        "spatial_ref": spatial_ref,
+    }
+    ds = xr.Dataset(
+        data_vars,
+        coords=coords,
+        attrs={**grid_attrs(grid), "mosaicflow": {"status": "writing", **(attrs or {})}},
+    )
+    ds.to_zarr(
+        store_path(store),
+        group=f"images/{image_id}",
+        mode="w",
+        compute=False,
+        zarr_format=3,
+        consolidated=False,
+        encoding=encoding,
+    )
+
+
+def _units(crs: CRS) -> str:
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "metre"
+    return "degrees" if crs.is_geographic else unit
+
+
+def _cf_grid_mapping(grid: Grid) -> dict[str, Any]:
+    t = grid.transform
+    try:
+        cf = grid.crs.to_cf()
+    except Exception:  # a CRS CF cannot name still has its WKT below
+        cf = {}
+    cf.update(
+        {
+            "crs_wkt": grid.crs_wkt,
+            "spatial_ref": grid.crs_wkt,
+            "GeoTransform": f"{t.c!r} {t.a!r} {t.b!r} {t.f!r} {t.d!r} {t.e!r}",
+        }
+    )
+    return cf
+
+
+def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] | None:
+    """The ``mosaicflow`` attributes of an image group, or None when it does not exist."""
+    try:
+        g = zarr.open_group(image_group_path(store, image_id), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+    return dict(g.attrs.asdict().get("mosaicflow", {}))
+
+
+def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
+    """Update an image group's ``mosaicflow`` attributes (status last: it is the commit)."""
+    g = zarr.open_group(image_group_path(store, image_id), mode="r+")
+    current = dict(g.attrs.asdict().get("mosaicflow", {}))
+    current.update(meta)
+    g.attrs["mosaicflow"] = current
+
+
+def remove_image(store: str | os.PathLike[str], image_id: str) -> None:
+    shutil.rmtree(image_group_path(store, image_id), ignore_errors=True)
+
+
+def list_image_ids(store: str | os.PathLike[str]) -> list[str]:
+    images = Path(store_path(store)) / "images"
+    if not images.is_dir():
+        return []
+    return sorted(p.name for p in images.iterdir() if (p / "zarr.json").is_file())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())

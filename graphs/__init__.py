@@ -1,0 +1,1 @@
+"""Dask graph builders (ingest.py) and the chunk task and numpy kernels they schedule."""
