@@ -166,6 +166,8 @@ class GdalOutput:
         Short description for tables (``"Zarr v2"``…).
     note : str
         Why this format was chosen, when it is not Zarr v3.
+    extra_args : tuple of str
+        Further gdalwarp arguments this output needs (see :data:`ZARR_WARP_MEMORY`).
     """
 
     driver: str
@@ -173,6 +175,15 @@ class GdalOutput:
     creation_options: tuple[str, ...]
     label: str
     note: str = ""
+    extra_args: tuple[str, ...] = ()
+
+
+#: gdalwarp ``-wm`` (MB) for Zarr output. With the default 64 MB, gdalwarp warps a scene
+#: in several chunks and GDAL 3.6's Zarr driver must re-read partially written Zarr
+#: chunks, which fails ("Decompressed tile ... has not expected size after filters";
+#: seen with every codec, with and without -multi). 1024 MB lets a whole W8 scene (4096²
+#: × 3 bands in, ~3550² out) be warped as one chunk, so each Zarr chunk is written once.
+ZARR_WARP_MEMORY = ("-wm", "1024")
 
 
 def gdal_output_format(version: tuple[int, int, int]) -> GdalOutput:
@@ -193,7 +204,11 @@ def gdal_output_format(version: tuple[int, int, int]) -> GdalOutput:
     v = ".".join(map(str, version))
     if version >= (3, 11, 0):
         return GdalOutput(
-            "Zarr", ".zarr", ("FORMAT=ZARR_V3", *zstd, f"BLOCKSIZE={CHUNK},{CHUNK}"), "Zarr v3"
+            "Zarr",
+            ".zarr",
+            ("FORMAT=ZARR_V3", *zstd, f"BLOCKSIZE={CHUNK},{CHUNK}"),
+            "Zarr v3",
+            extra_args=ZARR_WARP_MEMORY,
         )
     if version >= (3, 4, 0):
         return GdalOutput(
@@ -205,6 +220,7 @@ def gdal_output_format(version: tuple[int, int, int]) -> GdalOutput:
                 f"GDAL {v}: its FORMAT=ZARR_V3 is a pre-final draft of Zarr v3 (final-spec "
                 "v3 with the 'bytes' codec arrives in GDAL 3.11), so Zarr v2 is written"
             ),
+            extra_args=ZARR_WARP_MEMORY,
         )
     return GdalOutput(
         "GTiff",
@@ -231,6 +247,7 @@ def gdalwarp_command(
     res: float = 60.0,
     resampling: str = "bilinear",
     warp_options: Sequence[str] = (),
+    error_threshold: float | None = None,
     gdalwarp: str = "gdalwarp",
 ) -> list[str]:
     """A ``bash -c`` command running gdalwarp once per scene, in sequence.
@@ -248,6 +265,8 @@ def gdalwarp_command(
     warp_options : sequence of str, optional
         Extra ``-wo`` options, e.g. ``("XSCALE=1", "YSCALE=1")`` for point (unscaled)
         kernels; the timed baseline uses none.
+    error_threshold : float, optional
+        ``-et`` in pixels (0: exact transformation of every pixel); default GDAL's 0.125.
     gdalwarp : str, optional
         The gdalwarp executable.
 
@@ -277,6 +296,9 @@ def gdalwarp_command(
             "-of",
             fmt.driver,
         ]
+        args += list(fmt.extra_args)
+        if error_threshold is not None:
+            args += ["-et", f"{error_threshold:g}"]
         for wo in warp_options:
             args += ["-wo", wo]
         for co in fmt.creation_options:

@@ -445,8 +445,8 @@ def format_table(
     Returns
     -------
     str
-        Header, a rule, and one line per row; the first column is left-aligned, the
-        others right-aligned.
+        Header, a rule, and one line per row; text columns (empty format) are
+        left-aligned, numeric ones right-aligned.
 
     Examples
     --------
@@ -463,10 +463,13 @@ def format_table(
             line.append(missing if v is None else format(v, fmt) if fmt else str(v))
         cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    # Text columns (no format spec) read best left-aligned, numbers right-aligned.
+    left = [fmt == "" for _, _, fmt in columns]
 
     def render(r: list[str]) -> str:
-        parts = [r[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        parts = [
+            c.ljust(w) if is_left else c.rjust(w)
+            for c, w, is_left in zip(r, widths, left, strict=True)
         ]
         return "  ".join(parts).rstrip()
 

@@ -395,6 +395,7 @@ def image_job(p: ImagePlan, path: str, plan: Plan, resampling: str) -> ImageJob:
         store=path,
         clip_wkb=None if plan.clip is None else shapely.to_wkb(plan.clip),
         coarse=COARSE,
+        scales=tuple(p.scales),
     )
 
 

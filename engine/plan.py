@@ -40,6 +40,7 @@ class ImagePlan:
     footprint: shapely.Geometry  # planned coverage in the collection CRS (clip applied)
     dtype: str
     nodata: float
+    scales: list[tuple[float, float]] = field(default_factory=list)  # per source part
 
 
 @dataclass
@@ -124,6 +125,31 @@ def chunk_boxes(grid: Grid, tile: int) -> tuple[list[tuple[int, int]], np.ndarra
     return list(zip(ii.tolist(), jj.tolist(), strict=True)), boxes
 
 
+def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:
+    """GDAL's resampling scale (destination pixels per source pixel, along x and y) of
+    warping ``source`` onto ``target``, measured once at the target's centre.
+
+    GDAL recomputes this ratio for every processing chunk from that chunk's source window,
+    and it decides how far the kernel reaches when downsampling; chunks at an image edge
+    would then resample differently from their neighbours (visible seams). Fixing it per
+    image (GDAL's XSCALE/YSCALE warp options) makes every chunk resample like the
+    whole-image warp.
+    """
+    from pyproj import Transformer
+
+    r, c = target.height / 2.0, target.width / 2.0
+    xs, ys = target.xy(np.array([r, r, r + 1.0]), np.array([c, c + 1.0, c]))
+    if target.crs != source.crs:
+        tr = Transformer.from_crs(target.crs, source.crs, always_xy=True)
+        xs, ys = tr.transform(xs, ys)
+    cols, rows = ~source.transform * (np.asarray(xs), np.asarray(ys))
+    step_x = math.hypot(cols[1] - cols[0], rows[1] - rows[0])
+    step_y = math.hypot(cols[2] - cols[0], rows[2] - rows[0])
+    if not (step_x > 0 and step_y > 0 and math.isfinite(step_x) and math.isfinite(step_y)):
+        return (1.0, 1.0)
+    return (round(1.0 / step_x, 9), round(1.0 / step_y, 9))
+
+
 def output_nodata(src: ImageSource, requested: float | None) -> float:
     """Requested noData, else the source's, else NaN for floats and 0 for integers."""
     if requested is not None:
@@ -194,4 +220,5 @@ def _plan_image(
     shapely.prepare(reach)
     hit = shapely.intersects(reach, boxes)
     chunks = [ij for ij, h in zip(index, hit, strict=True) if h]
-    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata))
+    scales = [resampling_scale(part.grid, grid) for part in src.parts]
+    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales)

@@ -49,6 +49,7 @@ class ImageJob:
     store: str
     clip_wkb: bytes | None = None
     coarse: int = 16
+    scales: tuple[tuple[float, float], ...] = ()  # GDAL XSCALE/YSCALE per part
 
     def __dask_tokenize__(self) -> tuple:
         return (
@@ -108,7 +109,12 @@ def _clip_geometry(wkb: bytes) -> shapely.Geometry:
 
 
 def warp_part(
-    part: SourcePart, dst: Grid, resampling: str, dst_nodata: float, dtype: str
+    part: SourcePart,
+    dst: Grid,
+    resampling: str,
+    dst_nodata: float,
+    dtype: str,
+    scale: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Warp the bands of one source part onto ``dst``; (bands, h, w) of ``dtype``.
 
@@ -116,8 +122,11 @@ def warp_part(
     transformer (an error threshold of 1e-9 px instead of gdalwarp's default 0.125): the
     approximate transformer interpolates along each destination row, so its result would
     depend on where the chunk starts and chunked output would not equal a whole-image warp.
+    For the same reason the resampling scale is fixed per image (``scale``, see
+    engine.plan.resampling_scale) instead of being re-estimated from each chunk's window.
     """
     ds = _dataset(part.path)
+    extras = {"XSCALE": repr(scale[0]), "YSCALE": repr(scale[1])} if scale else {}
     with WarpedVRT(
         ds,
         crs=_rio_crs(dst.crs_wkt),
@@ -129,6 +138,7 @@ def warp_part(
         src_nodata=part.nodata,
         nodata=dst_nodata,
         dtype=dtype,
+        **extras,
     ) as vrt:
         return vrt.read(list(part.band_indexes))
 
@@ -147,7 +157,11 @@ def clip_keep_mask(clip: shapely.Geometry, dst: Grid) -> np.ndarray | None:
 def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store, return its summary."""
     dst = chunk_grid(job.grid, i, j, job.tile)
-    blocks = [warp_part(p, dst, job.resampling, job.nodata, job.dtype) for p in job.parts]
+    scales = job.scales or (None,) * len(job.parts)
+    blocks = [
+        warp_part(p, dst, job.resampling, job.nodata, job.dtype, sc)
+        for p, sc in zip(job.parts, scales, strict=True)
+    ]
     block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
     if job.clip_wkb is not None:
         keep = clip_keep_mask(_clip_geometry(job.clip_wkb), dst)
