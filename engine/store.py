@@ -187,6 +187,7 @@ def create_image_template(
         encoding[name] = {
             "chunks": (tile, tile),
             "_FillValue": np.array(nodata, dtype=dtype).item(),
+            "fill_value": np.array(nodata, dtype=dtype).item(),
             "compressors": [ZstdCodec(level=_ZSTD_LEVEL)],
         }
     coords = {
