@@ -38,7 +38,7 @@ from engine.rastertypes import ImageSource, get_raster_type
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 from engine.sources import resolve_sources
-from graphs.chunk import ImageJob
+from graphs.chunk import ImageJob, default_tolerance
 from graphs.ingest import build_ingest_graph
 
 COARSE = 16  # footprint mask cells per chunk side
@@ -105,6 +105,7 @@ def create_image_collection(
     workers: int | None = None,
     tile_size: int = 512,
     progress: Progress | None = None,
+    warp_tolerance: float | None = None,
 ) -> IngestResult:
     """Create (or resume) an image collection: the CreateImageCollection task.
 
@@ -115,6 +116,9 @@ def create_image_collection(
     client:
         A Dask client to run on; else ``scheduler``/``DASK_SCHEDULER_ADDRESS``; else a
         LocalCluster of ``workers`` processes started for this call.
+    warp_tolerance:
+        GDAL transformer error threshold in source pixels; default exact for nearest-like
+        methods and 1e-4 for interpolating ones (see graphs/chunk.py).
 
     Examples
     --------
@@ -133,6 +137,7 @@ def create_image_collection(
         workers=workers,
         tile_size=tile_size,
         progress=progress,
+        warp_tolerance=warp_tolerance,
     )
 
 
@@ -145,6 +150,7 @@ def run_request(
     tile_size: int = 512,
     progress: Progress | None = None,
     sources: list[Any] | None = None,
+    warp_tolerance: float | None = None,
 ) -> IngestResult:
     """Run a validated request. Request errors are raised before anything is written."""
     t0 = time.perf_counter()
@@ -213,7 +219,7 @@ def run_request(
         ) as c:
             dashboard = c.dashboard_link
             _report(progress, stage="compute", dashboard=dashboard)
-            records += compute_images(c, path, plan, todo, request, progress)
+            records += compute_images(c, path, plan, todo, request, progress, warp_tolerance)
     records += failed
     records.sort(key=lambda r: r.image_id)
     publish(path, records, info)
@@ -382,7 +388,9 @@ def _failed_record(
 # -- compute -----------------------------------------------------------------------------
 
 
-def image_job(p: ImagePlan, path: str, plan: Plan, resampling: str) -> ImageJob:
+def image_job(
+    p: ImagePlan, path: str, plan: Plan, resampling: str, tolerance: float | None = None
+) -> ImageJob:
     return ImageJob(
         image_id=p.source.image_id,
         parts=tuple(p.source.parts),
@@ -396,6 +404,7 @@ def image_job(p: ImagePlan, path: str, plan: Plan, resampling: str) -> ImageJob:
         clip_wkb=None if plan.clip is None else shapely.to_wkb(plan.clip),
         coarse=COARSE,
         scales=tuple(p.scales),
+        tolerance=default_tolerance(resampling) if tolerance is None else tolerance,
     )
 
 
@@ -406,6 +415,7 @@ def compute_images(
     todo: list[ImagePlan],
     request: CreateRequest,
     progress: Progress | None,
+    warp_tolerance: float | None = None,
 ) -> list[ImageRecord]:
     """Write templates, run every chunk task, and turn chunk summaries into records."""
     resampling = request.context.resampling.name
@@ -422,7 +432,7 @@ def compute_images(
             attrs=_image_attrs(p),
             band_attrs=_band_attrs(p.source),
         )
-        jobs.append((image_job(p, path, plan, resampling), p.chunks))
+        jobs.append((image_job(p, path, plan, resampling, warp_tolerance), p.chunks))
     dsk, outputs = build_ingest_graph(jobs)
     key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
     all_keys = list(key_image)

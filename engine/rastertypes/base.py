@@ -35,18 +35,6 @@ class SourcePart:
     georef: str = "transform"
     resampling: str | None = None  # per-part override (e.g. "nearest" for QA bands)
 
-    def __dask_tokenize__(self) -> tuple:
-        return (
-            "mosaicflow.SourcePart",
-            self.path,
-            self.band_indexes,
-            self.grid,
-            self.dtype,
-            self.nodata,
-            self.georef,
-            self.resampling,
-        )
-
 
 @dataclass
 class ImageSource:
