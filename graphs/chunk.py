@@ -33,7 +33,6 @@ from engine.grid import Grid, chunk_grid
 from engine.rastertypes.base import SourcePart
 from graphs import kernels
 
-
 # Transformer error thresholds, in source pixels. GDAL's default (0.125) interpolates the
 # transformation along each destination row of a processing chunk, so results depend on
 # how the destination is split. Nearest-neighbour-like methods use the exact transformer
