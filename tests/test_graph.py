@@ -1,0 +1,68 @@
+"""Structure of the ingestion graph: deterministic keys, one task per planned chunk."""
+
+from __future__ import annotations
+
+from affine import Affine
+from pyproj import CRS
+
+from engine.grid import Grid
+from engine.plan import plan_collection
+from engine.rastertypes.base import ImageSource, SourcePart
+from graphs.chunk import ImageJob, ingest_chunk
+from graphs.ingest import build_ingest_graph
+
+UTM = CRS.from_epsg(32633)
+
+
+def job_for(n_images: int, size: int = 1000, tile: int = 128):
+    work = []
+    srcs = []
+    for k in range(n_images):
+        g = Grid(UTM, Affine(10, 0, 500_000 + k * 5_000, 0, -10, 4_000_000), (size, size))
+        part = SourcePart(f"/data/{k}.tif", (1, 2), ("b1", "b2"), g, "uint16", 0.0)
+        srcs.append(ImageSource(f"img{k}", f"img{k}", [f"/data/{k}.tif"], "Raster Dataset", [part]))
+    plan = plan_collection(srcs, out_crs=CRS.from_epsg(3857), cell_size=12.0, tile=tile)
+    for p in plan.images:
+        job = ImageJob(
+            p.source.image_id,
+            tuple(p.source.parts),
+            p.grid,
+            tile,
+            p.dtype,
+            p.nodata,
+            "bilinear",
+            ("b1", "b2"),
+            "/out.zarr",
+            scales=tuple(p.scales),
+        )
+        work.append((job, p.chunks))
+    return work
+
+
+def test_same_request_same_keys():
+    a, _ = build_ingest_graph(job_for(3))
+    b, _ = build_ingest_graph(job_for(3))
+    assert set(a) == set(b)
+    assert all("uuid" not in str(k) for k in a)
+
+
+def test_one_task_per_planned_chunk_and_linear_size():
+    work = job_for(4)
+    dsk, outputs = build_ingest_graph(work)
+    n_chunks = sum(len(c) for _, c in work)
+    tasks = [v for v in dsk.values() if isinstance(v, tuple) and v and v[0] is ingest_chunk]
+    assert len(tasks) == n_chunks
+    assert len(dsk) == n_chunks + len(work)  # plus one data node per image
+    assert sum(len(v) for v in outputs.values()) == n_chunks
+    # doubling the images doubles the graph (no N^2 terms)
+    dsk8, _ = build_ingest_graph(job_for(8))
+    assert abs(len(dsk8) - 2 * len(dsk)) <= len(dsk) * 0.1
+
+
+def test_chunk_tasks_reference_the_image_node_not_a_copy():
+    dsk, _ = build_ingest_graph(job_for(1))
+    job_keys = [k for k, v in dsk.items() if isinstance(v, ImageJob)]
+    assert len(job_keys) == 1
+    for v in dsk.values():
+        if isinstance(v, tuple):
+            assert v[1] == job_keys[0]
