@@ -28,6 +28,7 @@ import zarr
 from affine import Affine
 from dask.base import tokenize
 from distributed import Client, as_completed
+from pyproj import CRS
 
 from cluster import dask_client
 from engine import catalog, footprint, service, stac, store
@@ -168,7 +169,9 @@ def run_request(
         )
     lattice = None
     if existing is not None:
-        lattice = Lattice(existing.crs_wkt, existing.cell_size, existing.tile_size, existing.origin)
+        lattice = Lattice(
+            CRS.from_wkt(existing.crs_wkt), existing.cell_size, existing.tile_size, existing.origin
+        )
     plan = plan_collection(
         probed,
         out_crs=ctx.out_crs,
@@ -546,7 +549,7 @@ def finish_image(
         dtype=p.dtype,
         nodata=p.nodata,
         footprint=fp_wgs84,
-        data_bounds=tuple(fp_native.bounds) if not fp_native.is_empty else p.grid.bounds,  # type: ignore[arg-type]
+        data_bounds=p.grid.bounds if fp_native.is_empty else _bounds(fp_native),
         stats=stats,
         checksum=checksum,
         cloud_cover=src.cloud_cover,
@@ -571,6 +574,11 @@ def _assemble_mask(
     return mask, Grid(grid.crs, grid.transform * Affine.scale(COARSE), (h, w))
 
 
+def _bounds(geom: shapely.Geometry) -> tuple[float, float, float, float]:
+    b = geom.bounds
+    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+
 def _image_attrs(p: ImagePlan) -> dict[str, Any]:
     src = p.source
     return {
@@ -590,7 +598,7 @@ def _band_attrs(src: ImageSource) -> list[dict[str, Any]]:
         if k < len(descriptions) and descriptions[k]:
             a["long_name"] = descriptions[k]
         if src.scale_offsets and k < len(src.scale_offsets) and src.scale_offsets[k]:
-            a["scale_factor"], a["add_offset"] = src.scale_offsets[k]
+            a["scale_factor"], a["add_offset"] = src.scale_offsets[k]  # type: ignore[misc]
         out.append(a)
     return out
 

@@ -114,15 +114,15 @@ def image_footprint(src: ImageSource, crs: CRS) -> shapely.Geometry:
 def chunk_boxes(grid: Grid, tile: int) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Every chunk index of ``grid`` and its box as a shapely array."""
     nr, nc = math.ceil(grid.height / tile), math.ceil(grid.width / tile)
-    ii, jj = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
-    ii, jj = ii.ravel(), jj.ravel()
+    rows, cols = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+    ii, jj = rows.ravel(), cols.ravel()
     t = grid.transform
     x0 = t.c + jj * tile * t.a
     x1 = t.c + np.minimum((jj + 1) * tile, grid.width) * t.a
     y0 = t.f + ii * tile * t.e
     y1 = t.f + np.minimum((ii + 1) * tile, grid.height) * t.e
     boxes = shapely.box(x0, np.minimum(y0, y1), x1, np.maximum(y0, y1))
-    return list(zip(ii.tolist(), jj.tolist(), strict=True)), boxes
+    return [(int(i), int(j)) for i, j in zip(ii, jj, strict=True)], boxes
 
 
 def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:

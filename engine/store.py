@@ -77,19 +77,25 @@ def read_info(store: str | os.PathLike[str]) -> CollectionInfo:
         raise StoreError(
             f"{store} is a Zarr group but not a mosaicflow collection (no 'mosaicflow' attributes)"
         )
+    origin = meta.get("lattice_origin") or (0.0, 0.0)
     return CollectionInfo(
         name=meta["name"],
         crs_wkt=meta["crs"],
         cell_size=float(meta["cell_size"]),
         tile_size=int(meta["tile_size"]),
-        origin=tuple(meta.get("lattice_origin", (0.0, 0.0))),  # type: ignore[arg-type]
+        origin=(float(origin[0]), float(origin[1])),
         collection_type=meta.get("collection_type", "UAV/UAS"),
         raster_type=meta.get("raster_type", "Raster Dataset"),
     )
 
 
+def _mosaicflow_attrs(group: zarr.Group) -> dict[str, Any]:
+    value = group.attrs.asdict().get("mosaicflow")
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def read_root_attrs(store: str | os.PathLike[str]) -> dict[str, Any]:
-    return dict(zarr.open_group(store_path(store), mode="r").attrs.asdict().get("mosaicflow", {}))
+    return _mosaicflow_attrs(zarr.open_group(store_path(store), mode="r"))
 
 
 def init_store(
@@ -246,13 +252,13 @@ def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] |
         g = zarr.open_group(image_group_path(store, image_id), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
-    return dict(g.attrs.asdict().get("mosaicflow", {}))
+    return _mosaicflow_attrs(g)
 
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
     """Update an image group's ``mosaicflow`` attributes (status last: it is the commit)."""
     g = zarr.open_group(image_group_path(store, image_id), mode="r+")
-    current = dict(g.attrs.asdict().get("mosaicflow", {}))
+    current = _mosaicflow_attrs(g)
     current.update(meta)
     g.attrs["mosaicflow"] = current
 

@@ -16,8 +16,8 @@ from graphs import kernels
 
 def image_checksum(path: str, image_id: str, variables: list[str], nodata: float | None) -> str:
     """Recompute an image's checksum from its stored chunks (the chunk task's rule)."""
-    group = zarr.open_group(store.image_group_path(path, image_id), mode="r")
-    arrays = [group[v] for v in variables]
+    group = store.image_group_path(path, image_id)
+    arrays = [zarr.open_array(f"{group}/{v}", mode="r") for v in variables]
     h, w = arrays[0].shape
     ch, cw = arrays[0].chunks
     digests = []

@@ -68,7 +68,7 @@ def coarse_mask(valid: np.ndarray, factor: int) -> np.ndarray:
     ch, cw = -(-h // factor), -(-w // factor)
     padded = np.zeros((ch * factor, cw * factor), dtype=bool)
     padded[:h, :w] = valid
-    return padded.reshape(ch, factor, cw, factor).any(axis=(1, 3))
+    return np.asarray(padded.reshape(ch, factor, cw, factor).any(axis=(1, 3)))
 
 
 def chunk_digest(block: np.ndarray) -> str:
