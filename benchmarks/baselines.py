@@ -248,6 +248,7 @@ def gdalwarp_command(
     resampling: str = "bilinear",
     warp_options: Sequence[str] = (),
     error_threshold: float | None = None,
+    per_scene_warp_options: Sequence[Sequence[str]] | None = None,
     gdalwarp: str = "gdalwarp",
 ) -> list[str]:
     """A ``bash -c`` command running gdalwarp once per scene, in sequence.
@@ -267,6 +268,8 @@ def gdalwarp_command(
         kernels; the timed baseline uses none.
     error_threshold : float, optional
         ``-et`` in pixels (0: exact transformation of every pixel); default GDAL's 0.125.
+    per_scene_warp_options : sequence of sequence of str, optional
+        Further ``-wo`` options for each scene, in scene order.
     gdalwarp : str, optional
         The gdalwarp executable.
 
@@ -276,7 +279,7 @@ def gdalwarp_command(
         ``["bash", "-c", script]``; the script stops at the first failing scene.
     """
     lines = ["set -euo pipefail"]
-    for src in scenes:
+    for k, src in enumerate(scenes):
         dst = Path(out_dir) / (Path(src).stem + fmt.suffix)
         args = [
             gdalwarp,
@@ -299,7 +302,7 @@ def gdalwarp_command(
         args += list(fmt.extra_args)
         if error_threshold is not None:
             args += ["-et", f"{error_threshold:g}"]
-        for wo in warp_options:
+        for wo in (*warp_options, *(per_scene_warp_options[k] if per_scene_warp_options else ())):
             args += ["-wo", wo]
         for co in fmt.creation_options:
             args += ["-co", co]

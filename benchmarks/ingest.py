@@ -680,16 +680,46 @@ def _print_check(label: str, res: dict[str, Any]) -> None:
         print(f"    {e}")
 
 
-#: Untimed extra gdalwarp references for --check-pixels: (label, out dir, -wo, -et).
-EXTRA_REFERENCES = (
-    ("gdalwarp -et 0", "out-gdalwarp-et0", (), 0.0),
-    (
-        "gdalwarp -et 0 -wo XSCALE=1 -wo YSCALE=1",
-        "out-gdalwarp-point",
-        ("XSCALE=1", "YSCALE=1"),
-        0.0,
-    ),
-)
+def _grid_of(path: Path) -> tuple[Any, tuple[int, int]]:
+    """(affine transform, (height, width)) of a Zarr image, from its x/y coordinates only."""
+    import xarray as xr
+    from affine import Affine
+
+    ds = xr.open_zarr(str(path), consolidated=False, mask_and_scale=False)
+    two_d = [str(v) for v in ds.data_vars if ds[v].ndim == 2]
+    ydim, xdim = ds[two_d[0]].dims
+    xs, ys = ds[xdim].values, ds[ydim].values
+    dx, dy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+    t = Affine(dx, 0.0, float(xs[0]) - dx / 2, 0.0, dy, float(ys[0]) - dy / 2)
+    return t, (int(ys.size), int(xs.size))
+
+
+def _mosaicflow_scales(
+    scenes: list[str], ref_dir: Path, suffix: str
+) -> list[tuple[str, str]] | str:
+    """Per scene, ``XSCALE=…``/``YSCALE=…`` as mosaicflow fixes them for that image.
+
+    mosaicflow fixes GDAL's kernel scale once per image (``engine.plan.resampling_scale``,
+    measured at the target grid's centre) so its chunks agree; gdalwarp instead derives
+    it from each warp chunk's source window. Passing mosaicflow's value to gdalwarp gives
+    the reference a chunked engine with that design must reproduce. Returns the reason as
+    a string when the engine function is not available.
+    """
+    try:
+        from engine.grid import Grid
+        from engine.plan import resampling_scale
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    import rasterio
+
+    out = []
+    for src in scenes:
+        transform, shape = _grid_of(ref_dir / (Path(src).stem + suffix))
+        with rasterio.open(src) as ds:
+            native = Grid(ds.crs, ds.transform, ds.shape)
+        xs, ys = resampling_scale(native, Grid(TARGET_CRS, transform, shape))
+        out.append((f"XSCALE={xs!r}", f"YSCALE={ys!r}"))
+    return out
 
 
 def _check_pixels(scenes: list[str], gdal_fmt: Any) -> dict[str, Any]:
@@ -700,20 +730,20 @@ def _check_pixels(scenes: list[str], gdal_fmt: Any) -> dict[str, Any]:
     ``gdalwarp``
         The timed output: GDAL's bilinear, whose kernel widens with the downsampling
         ratio (an area-weighted average), through GDAL's approximate transformer
-        (``-et 0.125``: pixel positions may be off by up to 1/8 pixel).
-    ``gdalwarp -et 0``
-        The same kernel with exact pixel positions. gdalwarp derives the kernel scale
-        from each warp chunk; with ``-wm 1024`` a W8 scene is one chunk, so this is a
-        whole-image warp: what a chunked engine that fixes the scale per image and
-        transforms exactly should reproduce.
+        (``-et 0.125``: pixel positions may be off by up to 1/8 pixel). gdalwarp derives
+        the kernel scale from each warp chunk's source window.
+    ``gdalwarp -et 0, mosaicflow's XSCALE/YSCALE``
+        The same kernel with exact pixel positions and the per-image kernel scale that
+        mosaicflow fixes (``engine.plan.resampling_scale``): the result mosaicflow's
+        chunked warp is designed to reproduce. Skipped if the engine function is missing.
     ``gdalwarp -et 0 -wo XSCALE=1 -wo YSCALE=1``
         Exact positions and *point* bilinear (the weighted average of the four nearest
         source pixel centres): ArcGIS's documented BILINEAR, and what odc-geo's Dask path
         computes (it pins XSCALE/YSCALE to 1 so its chunks agree).
 
-    On this realistic, noisy content a 1/8-pixel position error alone moves values by
-    several DN, so "within 1 DN" is only expected against the reference with the same
-    kernel *and* the same coordinate accuracy.
+    On this realistic, noisy content a 1/8-pixel position error, or a kernel scale a few
+    per cent off, alone moves values by several DN, so "within 1 DN" is only expected
+    against the reference with the same kernel, scale *and* coordinate accuracy.
     """
     ref = WORK / "out-gdalwarp"
     if not _same_inputs(ref, scenes) or gdal_fmt is None:
@@ -722,7 +752,27 @@ def _check_pixels(scenes: list[str], gdal_fmt: Any) -> dict[str, Any]:
         )
         return {"error": "no gdalwarp reference for these scenes"}
     refs = {"gdalwarp": ref}
-    for label, dirname, warp_options, et in EXTRA_REFERENCES:
+    extra: list[tuple[str, str, tuple[str, ...], list[tuple[str, str]] | None]] = []
+    scales = (
+        _mosaicflow_scales(scenes, ref, gdal_fmt.suffix)
+        if gdal_fmt.driver == "Zarr"
+        else "GeoTIFF reference"
+    )
+    if isinstance(scales, str):
+        print(f"\npixel check: no mosaicflow-scale reference ({scales})")
+    else:
+        extra.append(
+            ("gdalwarp -et 0, mosaicflow's XSCALE/YSCALE", "out-gdalwarp-mfscale", (), scales)
+        )
+    extra.append(
+        (
+            "gdalwarp -et 0 -wo XSCALE=1 -wo YSCALE=1",
+            "out-gdalwarp-point",
+            ("XSCALE=1", "YSCALE=1"),
+            None,
+        )
+    )
+    for label, dirname, warp_options, per_scene in extra:
         out = baselines.reset_dir(WORK / dirname)
         cmd = baselines.gdalwarp_command(
             scenes,
@@ -732,7 +782,8 @@ def _check_pixels(scenes: list[str], gdal_fmt: Any) -> dict[str, Any]:
             res=TARGET_RES,
             resampling=RESAMPLING,
             warp_options=warp_options,
-            error_threshold=et,
+            error_threshold=0.0,
+            per_scene_warp_options=per_scene,
         )
         print(f"\npixel check: making the reference `{label}` (untimed) …", flush=True)
         m = run_command(cmd, name=dirname, log_path=WORK / "logs" / f"{dirname}.log")

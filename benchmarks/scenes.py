@@ -6,7 +6,7 @@ Each scene looks like one Landsat-style acquisition along a descending orbit pat
   rectangle (the orbit track is rotated ~12° from grid north), so every scene carries a
   nodata collar (value 0) in its four corners, exactly like a rotated WRS-2 scene;
 * consecutive scenes step down the path (south-south-west), so their bounding boxes
-  overlap by ~25 % and their valid footprints by ~9 %;
+  overlap by ~20 % and their valid footprints by ~9 %;
 * pixel content is a smooth, spatially correlated "landscape" (fractal value noise
   defined in *world* coordinates, so overlapping scenes show the same ground), sharp-edged
   water bodies, band-to-band correlation like real reflectance, plus per-scene sensor

@@ -152,7 +152,12 @@ class Grid:
         return shapely.Polygon(self.outline(points_per_edge))
 
     def footprint_in(self, crs: object, points_per_edge: int = 21) -> shapely.Geometry:
-        """The densified outline transformed to ``crs`` (invalid points dropped)."""
+        """The densified outline transformed to ``crs``.
+
+        When part of the outline has no position in ``crs`` (a geostationary full disk,
+        whose corners look into space), the footprint is the hull of a grid of points
+        sampled across the whole image instead, as GDAL does for its default warp output.
+        """
         target = as_crs(crs)
         ring = self.outline(points_per_edge)
         if target == self.crs:
@@ -160,10 +165,19 @@ class Grid:
         tr = Transformer.from_crs(self.crs, target, always_xy=True)
         xs, ys = tr.transform(ring[:, 0], ring[:, 1], errcheck=False)
         ok = np.isfinite(xs) & np.isfinite(ys)
+        if ok.all():
+            poly = shapely.Polygon(np.column_stack([xs, ys]))
+            return poly if poly.is_valid else shapely.make_valid(poly)
+        n = 101
+        rows, cols = np.meshgrid(
+            np.linspace(0, self.height, n), np.linspace(0, self.width, n), indexing="ij"
+        )
+        gx, gy = self.xy(rows.ravel(), cols.ravel())
+        xs, ys = tr.transform(gx, gy, errcheck=False)
+        ok = np.isfinite(xs) & np.isfinite(ys)
         if ok.sum() < 3:
             return shapely.Polygon()
-        poly = shapely.Polygon(np.column_stack([xs[ok], ys[ok]]))
-        return poly if poly.is_valid else shapely.make_valid(poly)
+        return shapely.MultiPoint(np.column_stack([xs[ok], ys[ok]])).convex_hull
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,7 +39,7 @@ from engine.rastertypes import ImageSource, get_raster_type
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 from engine.sources import resolve_sources
-from graphs.chunk import ImageJob, default_tolerance
+from graphs.chunk import ChunkReadError, ImageJob, default_tolerance
 from graphs.ingest import build_ingest_graph
 
 COARSE = 16  # footprint mask cells per chunk side
@@ -404,7 +404,9 @@ def image_job(
         resampling=resampling,
         variables=tuple(p.source.band_names),
         store=path,
-        clip_wkb=None if plan.clip is None else shapely.to_wkb(plan.clip),
+        # Pixels outside the image's coverage are nodata: this applies the clip, and stops
+        # GDAL from filling pixels a CRS wraps around (an image at the edge of Web Mercator)
+        clip_wkb=None if p.coverage is None else shapely.to_wkb(p.coverage),
         coarse=COARSE,
         scales=tuple(p.scales),
         tolerance=default_tolerance(resampling) if tolerance is None else tolerance,
@@ -479,9 +481,9 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "chunk task failed"
     msg = str(exc).strip() or type(exc).__name__
-    if "RasterioIOError" in type(exc).__name__ or "CPLE" in type(exc).__name__ or "TIFF" in msg:
-        return f"read error (corrupt or truncated file?): {msg}"
-    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, ImageError) else exc.reason
+    if isinstance(exc, ChunkReadError | ImageError):
+        return msg if isinstance(exc, ChunkReadError) else exc.reason
+    return f"{type(exc).__name__}: {msg}"
 
 
 def finish_image(
@@ -518,7 +520,9 @@ def finish_image(
     mask, mask_grid = _assemble_mask(summaries, p.grid, lattice.tile_size)
     fp_native = footprint.mask_to_footprint(mask, mask_grid)
     fp_native = (
-        fp_native.intersection(p.footprint.buffer(lattice.cell_size))
+        fp_native.intersection(
+            (p.coverage if p.coverage is not None else p.footprint).buffer(lattice.cell_size)
+        )
         if not fp_native.is_empty
         else fp_native
     )

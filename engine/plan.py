@@ -41,6 +41,9 @@ class ImagePlan:
     dtype: str
     nodata: float
     scales: list[tuple[float, float]] = field(default_factory=list)  # per source part
+    coverage: shapely.Geometry | None = (
+        None  # footprint + one cell, ∩ clip: pixels outside are nodata
+    )
 
 
 @dataclass
@@ -221,4 +224,4 @@ def _plan_image(
     hit = shapely.intersects(reach, boxes)
     chunks = [ij for ij, h in zip(index, hit, strict=True) if h]
     scales = [resampling_scale(part.grid, grid) for part in src.parts]
-    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales)
+    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales, reach)

@@ -25,8 +25,10 @@ import rasterio
 import rasterio.features
 import shapely
 import zarr
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS as RioCRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from engine.grid import Grid, chunk_grid
@@ -153,14 +155,37 @@ def clip_keep_mask(clip: shapely.Geometry, dst: Grid) -> np.ndarray | None:
     return rasterio.features.geometry_mask([piece], dst.shape, dst.transform, invert=True)
 
 
+class ChunkReadError(RuntimeError):
+    """A source could not be read for a chunk; one plain message, so it pickles back to
+    the client intact (GDAL's chained errors do not survive distributed's serialisation)."""
+
+
+def _read_failure(part: SourcePart, exc: Exception) -> ChunkReadError:
+    causes = []
+    e: BaseException | None = exc
+    while e is not None and len(causes) < 4:
+        text = str(e).strip()
+        if text and text not in causes and "See previous exception" not in text:
+            causes.append(text)
+        e = e.__cause__ or e.__context__
+    detail = "; ".join(causes) or type(exc).__name__
+    return ChunkReadError(
+        f"read error in {part.path}: the file is truncated or corrupt (GDAL: {detail})"
+    )
+
+
 def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store, return its summary."""
     dst = chunk_grid(job.grid, i, j, job.tile)
     scales = job.scales or (None,) * len(job.parts)
-    blocks = [
-        warp_part(p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance)
-        for p, sc in zip(job.parts, scales, strict=True)
-    ]
+    blocks = []
+    for p, sc in zip(job.parts, scales, strict=True):
+        try:
+            blocks.append(
+                warp_part(p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance)
+            )
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise _read_failure(p, exc) from None
     block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
     if job.clip_wkb is not None:
         keep = clip_keep_mask(_clip_geometry(job.clip_wkb), dst)
