@@ -7,7 +7,7 @@ Run from the repository root::
     python -m benchmarks.ingest --check-pixels        # also compare outputs to gdalwarp's
 
 Every tool runs in its own subprocess (``benchmarks.measure``) on the same cached scenes
-(``benchmarks.scenes``), one after another, and the table reports *ratios* between tools
+(``engine.synth``), one after another, and the table reports *ratios* between tools
 measured in the same run on the same machine, which is what stays meaningful across
 machines; the absolute seconds are only valid for this machine and load.
 
@@ -43,7 +43,7 @@ import numpy as np
 
 from benchmarks import baselines
 from benchmarks.measure import Measurement, format_table, ratio, run_callable, run_command
-from benchmarks.scenes import make_scenes
+from engine.synth import make_scenes
 
 __all__ = ["compare_to_reference", "main", "run_mosaicflow"]
 

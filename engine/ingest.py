@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -618,7 +619,11 @@ def publish(path: str, records: list[ImageRecord], info: CollectionInfo) -> None
         root / "stac", records, info, store_href="..", catalog_href="../catalog.parquet"
     )
     store.atomic_write_json(root / "service.json", service.build_descriptor(records, info, path))
-    zarr.consolidate_metadata(path)
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not in the v3 spec yet, and that the
+        # catalog files beside the groups are not Zarr nodes: both are known and intended
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(path)
 
 
 def _report(progress: Progress | None, **event: Any) -> None:

@@ -161,7 +161,7 @@ class ChunkReadError(RuntimeError):
 
 
 def _read_failure(part: SourcePart, exc: Exception) -> ChunkReadError:
-    causes = []
+    causes: list[str] = []
     e: BaseException | None = exc
     while e is not None and len(causes) < 4:
         text = str(e).strip()

@@ -413,7 +413,7 @@ def make_scenes(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m benchmarks.scenes OUT_DIR [--n N] [--size S] ...``."""
+    """Command line: ``python -m engine.synth OUT_DIR [--n N] [--size S] ...``."""
     import argparse
     import time
 
