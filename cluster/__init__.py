@@ -1,5 +1,17 @@
 """How mosaicflow obtains a Dask client: a given one, a scheduler address, or a LocalCluster."""
 
-from cluster.client import GDAL_WORKER_ENV, GDALEnvPlugin, dask_client, local_cluster_size
+from cluster.client import (
+    GDAL_WORKER_ENV,
+    GDALEnvPlugin,
+    apply_gdal_env,
+    dask_client,
+    local_cluster_size,
+)
 
-__all__ = ["GDAL_WORKER_ENV", "GDALEnvPlugin", "dask_client", "local_cluster_size"]
+__all__ = [
+    "GDAL_WORKER_ENV",
+    "GDALEnvPlugin",
+    "apply_gdal_env",
+    "dask_client",
+    "local_cluster_size",
+]

@@ -31,7 +31,7 @@ from dask.base import tokenize
 from distributed import Client, as_completed
 from pyproj import CRS
 
-from cluster import dask_client
+from cluster import apply_gdal_env, dask_client
 from engine import catalog, footprint, service, stac, store
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
@@ -156,6 +156,7 @@ def run_request(
 ) -> IngestResult:
     """Run a validated request. Request errors are raised before anything is written."""
     t0 = time.perf_counter()
+    apply_gdal_env()
     path, name = resolve_store(request)
     refs = sources if sources is not None else resolve_sources(request.input_rasters)
     probed, failed = probe_all(refs, request.raster_type.name)

@@ -36,7 +36,7 @@ from engine.grid import Grid
 from engine.records import CollectionInfo
 
 FORMAT_VERSION = 1
-_ZSTD_LEVEL = 3
+_ZSTD_LEVEL = 1  # ~25 % faster to write than 3 for a few % more bytes
 
 _CONVENTIONS = [
     {
