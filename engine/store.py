@@ -183,12 +183,22 @@ def create_image_template(
     import dask.array as da
 
     x, y = grid.coords()
+    # GDAL's Zarr driver reads an array's CRS from its own "_CRS" attribute (GDAL >= 3.11
+    # reads zarr-python 3 arrays; the CF spatial_ref serves xarray and rioxarray)
+    code = _crs_code(grid.crs)
+    gdal_crs: dict[str, str] = {"wkt": grid.crs_wkt}
+    if code and code.startswith("EPSG:"):
+        gdal_crs["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{code[5:]}"
     spatial_ref = xr.Variable((), np.int32(0), _cf_grid_mapping(grid))
     data_vars = {}
     encoding: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(variables):
         lazy = da.empty(grid.shape, chunks=(tile, tile), dtype=dtype)
-        vattrs = {"grid_mapping": "spatial_ref", **((band_attrs or [{}] * len(variables))[k])}
+        vattrs = {
+            "grid_mapping": "spatial_ref",
+            "_CRS": gdal_crs,
+            **((band_attrs or [{}] * len(variables))[k]),
+        }
         data_vars[name] = xr.Variable(("y", "x"), lazy, vattrs)
         encoding[name] = {
             "chunks": (tile, tile),
