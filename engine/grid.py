@@ -151,6 +151,17 @@ class Grid:
         """The grid's outline as a polygon in its own CRS."""
         return shapely.Polygon(self.outline(points_per_edge))
 
+    def outline_has_position_in(self, crs: object, points_per_edge: int = 21) -> bool:
+        """Whether every point of the outline has a position in ``crs`` (not so for a
+        geostationary full disk, whose corners look into space)."""
+        target = as_crs(crs)
+        if target == self.crs:
+            return True
+        ring = self.outline(points_per_edge)
+        tr = Transformer.from_crs(self.crs, target, always_xy=True)
+        xs, ys = tr.transform(ring[:, 0], ring[:, 1], errcheck=False)
+        return bool(np.isfinite(xs).all() and np.isfinite(ys).all())
+
     def footprint_in(self, crs: object, points_per_edge: int = 21) -> shapely.Geometry:
         """The densified outline transformed to ``crs``.
 
@@ -168,9 +179,11 @@ class Grid:
         if ok.all():
             poly = shapely.Polygon(np.column_stack([xs, ys]))
             return poly if poly.is_valid else shapely.make_valid(poly)
-        n = 101
+        # every pixel corner (up to 1024 per axis): the hull then reaches the last pixel
+        # that has a position, e.g. the limb of a full disk
+        ny, nx = min(self.height, 1024) + 1, min(self.width, 1024) + 1
         rows, cols = np.meshgrid(
-            np.linspace(0, self.height, n), np.linspace(0, self.width, n), indexing="ij"
+            np.linspace(0, self.height, ny), np.linspace(0, self.width, nx), indexing="ij"
         )
         gx, gy = self.xy(rows.ravel(), cols.ravel())
         xs, ys = tr.transform(gx, gy, errcheck=False)

@@ -412,6 +412,7 @@ def image_job(
         coarse=COARSE,
         scales=tuple(p.scales),
         tolerance=default_tolerance(resampling) if tolerance is None else tolerance,
+        origin=plan.lattice.origin,
     )
 
 
@@ -521,13 +522,9 @@ def finish_image(
     checksum = combine_digests(digests, p.grid.shape, p.dtype)
     mask, mask_grid = _assemble_mask(summaries, p.grid, lattice.tile_size)
     fp_native = footprint.mask_to_footprint(mask, mask_grid)
-    fp_native = (
-        fp_native.intersection(
-            (p.coverage if p.coverage is not None else p.footprint).buffer(lattice.cell_size)
-        )
-        if not fp_native.is_empty
-        else fp_native
-    )
+    if p.coverage is not None and not fp_native.is_empty:
+        # the coarse mask overshoots by up to a mask cell: trim it to the coverage
+        fp_native = fp_native.intersection(p.coverage.buffer(lattice.cell_size))
     fp_wgs84 = footprint.to_wgs84_footprint(fp_native, lattice.crs)
     store.mark_image(
         path,

@@ -39,7 +39,7 @@ class ImagePlan:
     chunks: list[tuple[int, int]]
     footprint: shapely.Geometry  # planned coverage in the collection CRS (clip applied)
     dtype: str
-    nodata: float
+    nodata: float | None
     scales: list[tuple[float, float]] = field(default_factory=list)  # per source part
     coverage: shapely.Geometry | None = (
         None  # footprint + one cell, ∩ clip: pixels outside are nodata
@@ -153,8 +153,11 @@ def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:
     return (round(1.0 / step_x, 9), round(1.0 / step_y, 9))
 
 
-def output_nodata(src: ImageSource, requested: float | None) -> float:
-    """Requested noData, else the source's, else NaN for floats and 0 for integers."""
+def output_nodata(src: ImageSource, requested: float | None) -> float | None:
+    """Requested noData, else the source's, else NaN for floats and none for integers.
+
+    An integer image without nodata gets none: all its values are data (a 0 in an 8-bit
+    ortho is black, not a hole); coverage is tracked separately (GDAL's alpha)."""
     if requested is not None:
         info = np.finfo(src.dtype) if np.dtype(src.dtype).kind == "f" else np.iinfo(src.dtype)
         if not (math.isnan(requested) and np.dtype(src.dtype).kind == "f") and not (
@@ -166,7 +169,7 @@ def output_nodata(src: ImageSource, requested: float | None) -> float:
         return float(requested)
     if src.nodata is not None:
         return float(src.nodata)
-    return float("nan") if np.dtype(src.dtype).kind == "f" else 0.0
+    return float("nan") if np.dtype(src.dtype).kind == "f" else None
 
 
 def plan_collection(
@@ -224,4 +227,8 @@ def _plan_image(
     hit = shapely.intersects(reach, boxes)
     chunks = [ij for ij, h in zip(index, hit, strict=True) if h]
     scales = [resampling_scale(part.grid, grid) for part in src.parts]
-    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales, reach)
+    # Coverage masking needs an outline that is the image's true edge; a hull sampled
+    # inside the image (full disk) undercuts its limb, so there GDAL's validity alone rules.
+    exact = src.finest_part.grid.outline_has_position_in(lattice.crs, _FOOTPRINT_POINTS)
+    coverage = reach if exact else clip
+    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales, coverage)

@@ -169,7 +169,7 @@ def create_image_template(
     grid: Grid,
     variables: list[str],
     dtype: str,
-    nodata: float,
+    nodata: float | None,
     tile: int,
     attrs: dict[str, Any] | None = None,
     band_attrs: list[dict[str, Any]] | None = None,
@@ -202,8 +202,9 @@ def create_image_template(
         data_vars[name] = xr.Variable(("y", "x"), lazy, vattrs)
         encoding[name] = {
             "chunks": (tile, tile),
-            "_FillValue": np.array(nodata, dtype=dtype).item(),
-            "fill_value": np.array(nodata, dtype=dtype).item(),
+            # nodata None: no _FillValue (every value is data), unwritten chunks read as 0
+            "_FillValue": None if nodata is None else np.array(nodata, dtype=dtype).item(),
+            "fill_value": np.array(0 if nodata is None else nodata, dtype=dtype).item(),
             "compressors": [ZstdCodec(level=_ZSTD_LEVEL)],
         }
     coords = {

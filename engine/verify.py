@@ -14,8 +14,9 @@ from engine.collection import open_collection
 from graphs import kernels
 
 
-def image_checksum(path: str, image_id: str, variables: list[str], nodata: float | None) -> str:
-    """Recompute an image's checksum from its stored chunks (the chunk task's rule)."""
+def image_checksum(path: str, image_id: str, variables: list[str]) -> str:
+    """Recompute an image's checksum from its stored chunks (the chunk task's rule: every
+    chunk holding data was written, and only those, so the written chunks are digested)."""
     group = store.image_group_path(path, image_id)
     arrays = [zarr.open_array(f"{group}/{v}", mode="r") for v in variables]
     h, w = arrays[0].shape
@@ -23,11 +24,17 @@ def image_checksum(path: str, image_id: str, variables: list[str], nodata: float
     digests = []
     for i in range(math.ceil(h / ch)):
         for j in range(math.ceil(w / cw)):
+            if not any(_chunk_written(group, v, i, j) for v in variables):
+                continue
             sl = (slice(i * ch, min((i + 1) * ch, h)), slice(j * cw, min((j + 1) * cw, w)))
             block = np.stack([a[sl] for a in arrays])
-            if kernels.valid_mask(block, nodata).any():
-                digests.append((i, j, kernels.chunk_digest(block)))
+            digests.append((i, j, kernels.chunk_digest(block)))
     return kernels.combine_digests(digests, (h, w), str(arrays[0].dtype))
+
+
+def _chunk_written(group: str, variable: str, i: int, j: int) -> bool:
+    """Whether chunk (i, j) of a band exists in the store (zarr v3 default key "c/i/j")."""
+    return os.path.exists(os.path.join(group, variable, "c", str(i), str(j)))
 
 
 def verify_collection(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -48,7 +55,7 @@ def verify_collection(path: str | os.PathLike[str]) -> dict[str, Any]:
             }
             continue
         try:
-            got = image_checksum(coll.path, image_id, list(row["band_names"]), row["nodata"])
+            got = image_checksum(coll.path, image_id, list(row["band_names"]))
         except Exception as exc:  # unreadable chunk: report, keep checking the others
             images[image_id] = {"ok": False, "problem": f"cannot be read: {exc}"}
             continue

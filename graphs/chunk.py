@@ -27,13 +27,13 @@ import shapely
 import zarr
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS as RioCRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from engine.grid import Grid, chunk_grid
 from engine.rastertypes.base import SourcePart
-from graphs import kernels
+from graphs import fastwarp, kernels
 
 # Transformer error thresholds, in source pixels. GDAL's default (0.125) interpolates the
 # transformation along each destination row of a processing chunk, so results depend on
@@ -61,7 +61,7 @@ class ImageJob:
     grid: Grid
     tile: int
     dtype: str
-    nodata: float
+    nodata: float | None  # None: the image has no nodata value; coverage comes from GDAL's alpha
     resampling: str
     variables: tuple[str, ...]
     store: str
@@ -69,6 +69,8 @@ class ImageJob:
     coarse: int = 16
     scales: tuple[tuple[float, float], ...] = ()  # GDAL XSCALE/YSCALE per part
     tolerance: float = EXACT_TOLERANCE  # transformer error threshold, source pixels
+    origin: tuple[float, float] = (0.0, 0.0)  # the collection lattice origin
+    fast: bool = True  # use graphs.fastwarp where it reproduces GDAL (else GDAL itself)
 
     @property
     def group_path(self) -> str:
@@ -112,12 +114,22 @@ def warp_part(
     part: SourcePart,
     dst: Grid,
     resampling: str,
-    dst_nodata: float,
+    dst_nodata: float | None,
     dtype: str,
     scale: tuple[float, float] | None = None,
     tolerance: float = EXACT_TOLERANCE,
-) -> np.ndarray:
-    """Warp the bands of one source part onto ``dst``; (bands, h, w) of ``dtype``.
+    fast_origin: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Warp the bands of one source part onto ``dst``: (bands, h, w) of ``dtype``, and the
+    coverage mask when the image has no nodata value (else None).
+
+    An image without nodata keeps none: every source pixel is data (zeros included), and
+    which destination pixels the source covers comes from GDAL's alpha band, as with
+    ``gdalwarp -dstalpha``; uncovered pixels hold 0, as gdalwarp writes them.
+
+    ``fast_origin`` (the chunk's global lattice row and column) enables graphs.fastwarp,
+    which computes the same pixels as GDAL's exact warp at about twice the speed of GDAL's
+    1e-4 px path, for the cases it supports; the others fall through to GDAL.
 
     GDAL's warper runs through a WarpedVRT shaped exactly like the chunk, with the exact
     transformer (an error threshold of 1e-9 px instead of gdalwarp's default 0.125): the
@@ -127,7 +139,16 @@ def warp_part(
     engine.plan.resampling_scale) instead of being re-estimated from each chunk's window.
     """
     ds = _dataset(part.path)
+    if fast_origin is not None and scale and dst_nodata is not None and part.georef == "transform":
+        out = fastwarp.warp_chunk_fast(
+            ds, part.band_indexes, part.grid, dst, fast_origin, part.resampling or resampling,
+            part.nodata, dst_nodata, dtype, scale,
+        )  # fmt: skip
+        if out is not None:
+            return out, None
     extras = {"XSCALE": repr(scale[0]), "YSCALE": repr(scale[1])} if scale else {}
+    # a source with its own alpha band gets a destination alpha from GDAL already
+    own_alpha = any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums)
     with WarpedVRT(
         ds,
         crs=_rio_crs(dst.crs_wkt),
@@ -138,10 +159,14 @@ def warp_part(
         tolerance=tolerance,
         src_nodata=part.nodata,
         nodata=dst_nodata,
+        add_alpha=dst_nodata is None and not own_alpha,
         dtype=dtype,
         **extras,
     ) as vrt:
-        return vrt.read(list(part.band_indexes))
+        if dst_nodata is not None:
+            return vrt.read(list(part.band_indexes)), None
+        data = vrt.read([*part.band_indexes, vrt.count])
+        return data[:-1], data[-1] > 0
 
 
 def clip_keep_mask(clip: shapely.Geometry, dst: Grid) -> np.ndarray | None:
@@ -153,6 +178,12 @@ def clip_keep_mask(clip: shapely.Geometry, dst: Grid) -> np.ndarray | None:
     if piece.is_empty:
         return np.zeros(dst.shape, dtype=bool)
     return rasterio.features.geometry_mask([piece], dst.shape, dst.transform, invert=True)
+
+
+def _lattice_rowcol(dst: Grid, origin: tuple[float, float]) -> tuple[int, int]:
+    """Global lattice (row, col) of a chunk's top-left pixel."""
+    t = dst.transform
+    return (round((origin[1] - t.f) / -t.e), round((t.c - origin[0]) / t.a))
 
 
 class ChunkReadError(RuntimeError):
@@ -178,27 +209,39 @@ def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store, return its summary."""
     dst = chunk_grid(job.grid, i, j, job.tile)
     scales = job.scales or (None,) * len(job.parts)
+    origin = _lattice_rowcol(dst, job.origin) if job.fast else None
     blocks = []
+    coverage: np.ndarray | None = None
     for p, sc in zip(job.parts, scales, strict=True):
         try:
-            blocks.append(
-                warp_part(p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance)
+            data, covered = warp_part(
+                p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance, origin
             )
         except (RasterioError, CPLE_BaseError) as exc:
             raise _read_failure(p, exc) from None
+        blocks.append(data)
+        if covered is not None:
+            coverage = covered if coverage is None else coverage & covered
     block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+    fill = 0 if job.nodata is None else job.nodata
     if job.clip_wkb is not None:
         keep = clip_keep_mask(_clip_geometry(job.clip_wkb), dst)
         if keep is not None:
-            kernels.apply_mask(block, keep, job.nodata)
-    valid = kernels.valid_mask(block, job.nodata)
+            kernels.apply_mask(block, keep, fill)
+            coverage = keep if coverage is None else coverage & keep
+    if job.nodata is None:
+        valid = coverage if coverage is not None else np.ones(dst.shape, dtype=bool)
+    else:
+        valid = kernels.valid_mask(block, job.nodata)
     n_valid = int(valid.sum())
     summary: dict[str, Any] = {
         "i": i,
         "j": j,
         "valid": n_valid,
         "coarse": kernels.coarse_mask(valid, job.coarse),
-        "stats": kernels.band_stats(block, job.nodata) if n_valid else None,
+        "stats": kernels.band_stats(block, job.nodata, valid if job.nodata is None else None)
+        if n_valid
+        else None,
         "digest": kernels.chunk_digest(block) if n_valid else None,
     }
     if n_valid:

@@ -35,13 +35,16 @@ def apply_mask(block: np.ndarray, keep: np.ndarray, fill: float) -> None:
 
 
 def band_stats(
-    block: np.ndarray, nodata: float | None
+    block: np.ndarray, nodata: float | None, mask: np.ndarray | None = None
 ) -> list[tuple[int, float, float, float, float]]:
     """Per band (count, min, max, sum, sum of squares) over the band's own valid pixels.
 
     8- and 16-bit integer bands go through a histogram (``np.bincount``): exact, no
     masked copies, and the nodata bin is simply dropped; other types mask explicitly.
+    ``mask`` (h, w), when given, selects the valid pixels instead of ``nodata``.
     """
+    if mask is not None:
+        return [_masked_stats(band, None, mask) for band in block]
     return [
         _small_int_stats(band, nodata) if _is_small_int(band.dtype) else _masked_stats(band, nodata)
         for band in block
@@ -80,8 +83,13 @@ def _small_int_stats(
     return (int(c.sum()), float(values[0]), float(values[-1]), float(cv.sum()), float(cv @ values))
 
 
-def _masked_stats(band: np.ndarray, nodata: float | None) -> tuple[int, float, float, float, float]:
-    if band.dtype.kind == "f":
+def _masked_stats(
+    band: np.ndarray, nodata: float | None, mask: np.ndarray | None = None
+) -> tuple[int, float, float, float, float]:
+    ok: np.ndarray | None
+    if mask is not None:
+        ok = mask & ~np.isnan(band) if band.dtype.kind == "f" else mask
+    elif band.dtype.kind == "f":
         ok = ~np.isnan(band)
         if nodata is not None and not np.isnan(nodata):
             ok &= band != nodata

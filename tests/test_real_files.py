@@ -34,9 +34,12 @@ import rasterio
 import shapely
 import zarr
 from pyproj import CRS, Transformer
+from rasterio.enums import MaskFlags
+from rasterio.vrt import WarpedVRT
 
 from engine import create_image_collection
 from engine.grid import Grid
+from engine.plan import resampling_scale
 
 SITE = [
     "cogeo.tif",
@@ -54,13 +57,6 @@ MUST_FAIL = {
     "rotated.tif": "no CRS",  # a rotated geotransform without any CRS
     "float_nan.tif": "no CRS",  # a bare 3 × 2 float grid without any CRS
 }
-
-ZERO_BUG = (
-    "engine bug: world.byte.tif declares no nodata, so all its pixels are data, but "
-    "engine/plan.py output_nodata() gives integer images without nodata a nodata of 0: "
-    "its 2.4 million zero pixels (the oceans, 70 %) are dropped from the statistics and "
-    "the footprint, which then misses the centre of the data (0°, 0°)"
-)
 
 
 def ingest(client, shared_data: Path, tmp_path: Path, files: list[str], name: str, **context):
@@ -102,6 +98,40 @@ def _valid(bands: np.ndarray, nodata: float | None) -> np.ndarray:
     return valid
 
 
+def valid_pixels(path: Path, store: str, row: dict) -> np.ndarray:
+    """Per band: the stored pixels that hold data.
+
+    With a nodata value: pixels not equal to it (nor NaN). An image without one keeps
+    none, so every value is data where the source covers the pixel: coverage is GDAL's
+    own, a whole-image warp's alpha band (exact transformer, the image's resampling scale).
+    """
+    bands = stored(store, row)
+    if row["nodata"] is not None:
+        return _valid(bands, row["nodata"])
+    grid = _grid(row)
+    with rasterio.open(path) as src:
+        own_alpha = any(MaskFlags.alpha in f for f in src.mask_flag_enums)
+        xs, ys = resampling_scale(Grid(src.crs, src.transform, src.shape), grid)
+        with WarpedVRT(
+            src,
+            crs=grid.crs.to_wkt(),
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            tolerance=1e-9,
+            add_alpha=not own_alpha,
+            XSCALE=repr(xs),
+            YSCALE=repr(ys),
+        ) as vrt:
+            alpha = vrt.read(vrt.count) > 0
+    # GDAL also fills pixels a CRS wraps around (beyond Web Mercator's edge); those lie
+    # outside the source's outline and are no data of this image
+    rows, cols = np.nonzero(alpha)
+    xs, ys = grid.transform * (cols + 0.5, rows + 0.5)
+    alpha[rows, cols] = shapely.contains_xy(source_reach(path, grid), xs, ys)
+    return np.broadcast_to(alpha, bands.shape)
+
+
 def _grid(row: dict) -> Grid:
     from affine import Affine
 
@@ -137,7 +167,7 @@ def check_complete(path: Path, store: str, row: dict) -> None:
 def check_statistics(path: Path, store: str, row: dict) -> None:
     """Band statistics are numpy's over the stored array's valid pixels."""
     bands = stored(store, row)
-    valid = _valid(bands, row["nodata"])
+    valid = valid_pixels(path, store, row)
     assert valid.any(), f"{path.name}: complete but holds no valid pixel"
     assert len(row["band_stats"]) == bands.shape[0]
     for b, (band, ok, stats) in enumerate(zip(bands, valid, row["band_stats"], strict=True)):
@@ -152,7 +182,7 @@ def check_statistics(path: Path, store: str, row: dict) -> None:
 
 def check_bounds(path: Path, store: str, row: dict) -> None:
     """The catalog bounds (collection CRS) hold every valid stored pixel."""
-    valid = _valid(stored(store, row), row["nodata"])
+    valid = valid_pixels(path, store, row)
     grid = _grid(row)
     rows, cols = np.nonzero(valid.any(axis=0))
     (x0, x1), (y1, y0) = grid.transform * (
@@ -162,6 +192,22 @@ def check_bounds(path: Path, store: str, row: dict) -> None:
     eps = 1e-6 * grid.resolution[0]
     assert row["xmin"] <= x0 + eps and row["xmax"] >= x1 - eps, path.name
     assert row["ymin"] <= y0 + eps and row["ymax"] >= y1 - eps, path.name
+
+
+def source_reach(path: Path, grid: Grid) -> shapely.Geometry:
+    """The source's densified outline in the grid's CRS, plus one pixel of resampling
+    reach; the whole grid when the outline has no position there (a full disk)."""
+    with rasterio.open(path) as ds:
+        h, w = ds.shape
+        t = np.linspace(0.0, 1.0, 257)[:-1]
+        cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
+        rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
+        xs, ys = ds.transform * (cols, rows)
+        tr = Transformer.from_crs(ds.crs, grid.crs, always_xy=True)
+    px, py = tr.transform(xs, ys, errcheck=False)
+    if not (np.isfinite(px).all() and np.isfinite(py).all()):
+        return shapely.box(*grid.bounds)
+    return shapely.Polygon(np.column_stack([px, py])).buffer(grid.resolution[0])
 
 
 def assert_no_pixel_outside_source(path: Path, store: str, row: dict) -> None:
@@ -177,7 +223,7 @@ def assert_no_pixel_outside_source(path: Path, store: str, row: dict) -> None:
     outline = shapely.Polygon(np.column_stack(tr.transform(xs, ys)))
     assert outline.is_valid and not outline.is_empty
     reach = outline.buffer(grid.resolution[0])  # one pixel of resampling reach
-    valid = _valid(stored(store, row), row["nodata"]).any(axis=0)
+    valid = valid_pixels(path, store, row).any(axis=0)
     rows, cols = np.nonzero(valid)
     xs, ys = grid.transform * (cols + 0.5, rows + 0.5)
     inside = shapely.contains_xy(reach, xs, ys)
@@ -247,7 +293,6 @@ def test_world_scale_image(world, shared_data):
     check_extent(result.store, [row])
 
 
-@pytest.mark.xfail(reason=ZERO_BUG, strict=True)
 def test_world_scale_image_footprint_covers_its_data(world, shared_data):
     _, row = world
     check_footprint(shared_data / "geotiff" / "world.byte.tif", row)
