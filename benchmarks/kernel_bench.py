@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 
 from engine.grid import Grid, Lattice
 from engine.plan import resampling_scale
 from engine.synth import make_scenes
+from graphs.chunk import gdal_warp
 from graphs.fastwarp import warp_chunk_fast
 
 WORK = Path(__file__).resolve().parent / "work"
@@ -43,21 +42,11 @@ NODATA = 0
 
 
 def gdal_chunk(ds, chunk: Grid, method: str, tol: float, scale) -> np.ndarray:
-    with WarpedVRT(
-        ds,
-        crs=chunk.crs.to_wkt(),
-        transform=chunk.transform,
-        width=chunk.width,
-        height=chunk.height,
-        resampling=Resampling[method],
-        tolerance=tol,
-        src_nodata=NODATA,
-        nodata=NODATA,
-        dtype="uint16",
-        XSCALE=repr(scale[0]),
-        YSCALE=repr(scale[1]),
-    ) as vrt:
-        return vrt.read([1, 2, 3])
+    """GDAL's warp of one chunk: mosaicflow's own GDAL path (graphs.chunk.gdal_warp)."""
+    return gdal_warp(
+        ds, chunk, method, bands=[1, 2, 3], src_nodata=NODATA, dst_nodata=NODATA,
+        dtype="uint16", scale=scale, tolerance=tol,
+    )[0]  # fmt: skip
 
 
 def agreement(got: np.ndarray, ref: np.ndarray) -> dict:

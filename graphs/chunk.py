@@ -16,6 +16,7 @@ validity mask and a digest.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -146,6 +147,33 @@ def warp_part(
         )  # fmt: skip
         if out is not None:
             return out, None
+    return gdal_warp(
+        ds, dst, part.resampling or resampling, bands=part.band_indexes, src_nodata=part.nodata,
+        dst_nodata=dst_nodata, dtype=dtype, scale=scale, tolerance=tolerance,
+    )  # fmt: skip
+
+
+def gdal_warp(
+    ds: rasterio.DatasetReader,
+    dst: Grid,
+    resampling: str,
+    *,
+    bands: Sequence[int] | None = None,
+    src_nodata: float | None = None,
+    dst_nodata: float | None = None,
+    dtype: str | None = None,
+    scale: tuple[float, float] | None = None,
+    tolerance: float = EXACT_TOLERANCE,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """GDAL's warp of ``bands`` of ``ds`` onto ``dst``, and its coverage when ``dst_nodata``
+    is None (GDAL's alpha band; the source's own alpha when it has one).
+
+    This one call is both mosaicflow's GDAL path for a chunk and, given a whole image grid,
+    the reference the tests and benchmarks compare chunked output with: a WarpedVRT shaped
+    like ``dst``, the transformer error threshold ``tolerance`` and the resampling scale
+    ``scale`` (GDAL's XSCALE/YSCALE) fixed.
+    """
+    bands = list(bands) if bands is not None else list(range(1, ds.count + 1))
     extras = {"XSCALE": repr(scale[0]), "YSCALE": repr(scale[1])} if scale else {}
     # a source with its own alpha band gets a destination alpha from GDAL already
     own_alpha = any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums)
@@ -155,17 +183,17 @@ def warp_part(
         transform=dst.transform,
         width=dst.width,
         height=dst.height,
-        resampling=Resampling[part.resampling or resampling],
+        resampling=Resampling[resampling],
         tolerance=tolerance,
-        src_nodata=part.nodata,
+        src_nodata=src_nodata if src_nodata is not None else ds.nodata,
         nodata=dst_nodata,
         add_alpha=dst_nodata is None and not own_alpha,
-        dtype=dtype,
+        dtype=dtype or ds.dtypes[0],
         **extras,
     ) as vrt:
         if dst_nodata is not None:
-            return vrt.read(list(part.band_indexes)), None
-        data = vrt.read([*part.band_indexes, vrt.count])
+            return vrt.read(bands), None
+        data = vrt.read([*bands, vrt.count])
         return data[:-1], data[-1] > 0
 
 

@@ -17,11 +17,10 @@ import pytest
 import rasterio
 import rasterio.warp
 from affine import Affine
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 
 from engine.grid import Grid, Lattice
 from engine.plan import resampling_scale
+from graphs.chunk import gdal_warp
 from graphs.fastwarp import source_coordinates, supports, warp_chunk_fast
 from tests.conftest import write_raster
 
@@ -72,20 +71,8 @@ def _setup(path, dst_crs: str, cell: float | None, tile: int = 64):
 
 
 def gdal_reference(ds, grid: Grid, method: str, nodata: float, dtype: str, scale) -> np.ndarray:
-    with WarpedVRT(
-        ds,
-        crs=grid.crs.to_wkt(),
-        transform=grid.transform,
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling[method],
-        tolerance=1e-9,
-        nodata=nodata,
-        dtype=dtype,
-        XSCALE=repr(scale[0]),
-        YSCALE=repr(scale[1]),
-    ) as vrt:
-        return vrt.read()
+    """GDAL's exact whole-image warp (the engine's own GDAL call on the whole grid)."""
+    return gdal_warp(ds, grid, method, dst_nodata=nodata, dtype=dtype, scale=scale)[0]
 
 
 def tiled_fast(ds, native, grid, origin, method, nodata, dtype, scale, tile=64) -> np.ndarray:

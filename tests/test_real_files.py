@@ -34,12 +34,11 @@ import rasterio
 import shapely
 import zarr
 from pyproj import CRS, Transformer
-from rasterio.enums import MaskFlags
-from rasterio.vrt import WarpedVRT
 
 from engine import create_image_collection
 from engine.grid import Grid
 from engine.plan import resampling_scale
+from graphs.chunk import gdal_warp
 
 SITE = [
     "cogeo.tif",
@@ -110,20 +109,9 @@ def valid_pixels(path: Path, store: str, row: dict) -> np.ndarray:
         return _valid(bands, row["nodata"])
     grid = _grid(row)
     with rasterio.open(path) as src:
-        own_alpha = any(MaskFlags.alpha in f for f in src.mask_flag_enums)
-        xs, ys = resampling_scale(Grid(src.crs, src.transform, src.shape), grid)
-        with WarpedVRT(
-            src,
-            crs=grid.crs.to_wkt(),
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            tolerance=1e-9,
-            add_alpha=not own_alpha,
-            XSCALE=repr(xs),
-            YSCALE=repr(ys),
-        ) as vrt:
-            alpha = vrt.read(vrt.count) > 0
+        scale = resampling_scale(Grid(src.crs, src.transform, src.shape), grid)
+        _, covered = gdal_warp(src, grid, "nearest", scale=scale)
+    alpha = np.array(covered)
     # GDAL also fills pixels a CRS wraps around (beyond Web Mercator's edge); those lie
     # outside the source's outline and are no data of this image
     rows, cols = np.nonzero(alpha)

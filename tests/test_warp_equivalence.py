@@ -18,12 +18,12 @@ import rasterio
 import rasterio.warp
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 
 from engine import create_image_collection
 from engine.grid import Grid
 from engine.plan import resampling_scale
 from engine.store import store_path
+from graphs.chunk import gdal_warp
 
 PROJ_ONLY = "+proj=lcc +lat_1=20 +lat_2=60 +lat_0=40 +lon_0=-96 +x_0=0 +y_0=0 +ellps=GRS80 +units=m +no_defs"
 
@@ -50,22 +50,17 @@ def whole_image_reference(
     """
     with rasterio.open(src_path) as src:
         if exact:
-            native = Grid(src.crs, src.transform, src.shape)
-            xs, ys = resampling_scale(native, grid)
-            with WarpedVRT(
+            scale = resampling_scale(Grid(src.crs, src.transform, src.shape), grid)
+            ref, _ = gdal_warp(
                 src,
-                crs=grid.crs.to_wkt(),
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling[resampling],
-                tolerance=tolerance,
-                nodata=nodata,
+                grid,
+                resampling,
+                dst_nodata=nodata,
                 dtype=dtype,
-                XSCALE=repr(xs),
-                YSCALE=repr(ys),
-            ) as vrt:
-                return vrt.read()
+                scale=scale,
+                tolerance=tolerance,
+            )
+            return ref
         out = np.empty((src.count, *grid.shape), dtype=dtype)
         rasterio.warp.reproject(
             rasterio.band(src, list(range(1, src.count + 1))),
