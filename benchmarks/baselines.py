@@ -22,7 +22,7 @@ read
     Decode every input pixel and discard it: the pure input floor.
 
 Every writer uses the same output encoding as mosaicflow: 512 × 512 chunks, Zstandard
-level 3, one 2-D variable per band named ``b1 … bn`` on ``(y, x)`` with pixel-centre
+level 1 (as mosaicflow), one 2-D variable per band named ``b1 … bn`` on ``(y, x)`` with pixel-centre
 ``x``/``y`` coordinates and a CF ``spatial_ref`` variable (GDAL names its bands ``Band1
 …`` and its coordinates ``X``/``Y``, but stores them the same way).
 
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Output codec level shared by every writer (mosaicflow's store uses the same).
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # the level mosaicflow writes (engine/store.py), so every tool encodes alike
 #: Output chunk edge in pixels (mosaicflow's default tile size).
 CHUNK = 512
 
