@@ -134,7 +134,7 @@ class Grid:
     def window(self, row_off: int, col_off: int, height: int, width: int) -> Grid:
         """The sub-grid starting at (row_off, col_off); may extend past this grid."""
         return Grid(
-            self.crs, self.transform * Affine.translation(col_off, row_off), (height, width)
+            self.crs, self.transform @ Affine.translation(col_off, row_off), (height, width)
         )
 
     def outline(self, points_per_edge: int = 21) -> np.ndarray:

@@ -574,7 +574,7 @@ def _assemble_mask(
         m = s["coarse"]
         r0, c0 = s["i"] * cells, s["j"] * cells
         mask[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] |= m
-    return mask, Grid(grid.crs, grid.transform * Affine.scale(COARSE), (h, w))
+    return mask, Grid(grid.crs, grid.transform @ Affine.scale(COARSE), (h, w))
 
 
 def _bounds(geom: shapely.Geometry) -> tuple[float, float, float, float]:

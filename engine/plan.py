@@ -145,7 +145,7 @@ def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:
     if target.crs != source.crs:
         tr = Transformer.from_crs(target.crs, source.crs, always_xy=True)
         xs, ys = tr.transform(xs, ys)
-    cols, rows = ~source.transform * (np.asarray(xs), np.asarray(ys))
+    cols, rows = ~source.transform @ (np.asarray(xs), np.asarray(ys))
     step_x = math.hypot(cols[1] - cols[0], rows[1] - rows[0])
     step_y = math.hypot(cols[2] - cols[0], rows[2] - rows[0])
     if not (step_x > 0 and step_y > 0 and math.isfinite(step_x) and math.isfinite(step_y)):

@@ -79,7 +79,7 @@ def test_grid_basics():
 def test_only_chunks_holding_data_are_planned():
     # a long thin diagonal image: its bounding box holds many tiles, its footprint few
     rot = Affine.rotation(45)
-    t = Affine.translation(500_000, 4_000_000) * rot * Affine.scale(10, -10)
+    t = Affine.translation(500_000, 4_000_000) @ rot @ Affine.scale(10, -10)
     g = Grid(UTM, t, (40, 3000))
     plan = plan_collection([fake_source(g)], out_crs=None, cell_size=10.0, tile=64)
     p = plan.images[0]

@@ -115,7 +115,7 @@ def valid_pixels(path: Path, store: str, row: dict) -> np.ndarray:
     # GDAL also fills pixels a CRS wraps around (beyond Web Mercator's edge); those lie
     # outside the source's outline and are no data of this image
     rows, cols = np.nonzero(alpha)
-    xs, ys = grid.transform * (cols + 0.5, rows + 0.5)
+    xs, ys = grid.transform @ (cols + 0.5, rows + 0.5)
     alpha[rows, cols] = shapely.contains_xy(source_reach(path, grid), xs, ys)
     return np.broadcast_to(alpha, bands.shape)
 
@@ -131,7 +131,7 @@ def source_valid_centre_lonlat(path: Path) -> tuple[float, float]:
     with rasterio.open(path) as ds:
         mask = ds.dataset_mask() > 0
         rows, cols = np.nonzero(mask)
-        x, y = ds.transform * (cols.mean() + 0.5, rows.mean() + 0.5)
+        x, y = ds.transform @ (cols.mean() + 0.5, rows.mean() + 0.5)
         tr = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
         return tr.transform(x, y)
 
@@ -173,7 +173,7 @@ def check_bounds(path: Path, store: str, row: dict) -> None:
     valid = valid_pixels(path, store, row)
     grid = _grid(row)
     rows, cols = np.nonzero(valid.any(axis=0))
-    (x0, x1), (y1, y0) = grid.transform * (
+    (x0, x1), (y1, y0) = grid.transform @ (
         np.array([cols.min(), cols.max() + 1]),
         np.array([rows.min(), rows.max() + 1]),
     )
@@ -190,7 +190,7 @@ def source_reach(path: Path, grid: Grid) -> shapely.Geometry:
         t = np.linspace(0.0, 1.0, 257)[:-1]
         cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
         rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
-        xs, ys = ds.transform * (cols, rows)
+        xs, ys = ds.transform @ (cols, rows)
         tr = Transformer.from_crs(ds.crs, grid.crs, always_xy=True)
     px, py = tr.transform(xs, ys, errcheck=False)
     if not (np.isfinite(px).all() and np.isfinite(py).all()):
@@ -206,14 +206,14 @@ def assert_no_pixel_outside_source(path: Path, store: str, row: dict) -> None:
         t = np.linspace(0.0, 1.0, 257)[:-1]  # the source's pixel-edge ring, densified
         cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
         rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
-        xs, ys = ds.transform * (cols, rows)
+        xs, ys = ds.transform @ (cols, rows)
         tr = Transformer.from_crs(ds.crs, grid.crs, always_xy=True)
     outline = shapely.Polygon(np.column_stack(tr.transform(xs, ys)))
     assert outline.is_valid and not outline.is_empty
     reach = outline.buffer(grid.resolution[0])  # one pixel of resampling reach
     valid = valid_pixels(path, store, row).any(axis=0)
     rows, cols = np.nonzero(valid)
-    xs, ys = grid.transform * (cols + 0.5, rows + 0.5)
+    xs, ys = grid.transform @ (cols + 0.5, rows + 0.5)
     inside = shapely.contains_xy(reach, xs, ys)
     assert inside.all(), f"{path.name}: {(~inside).sum()} valid pixels outside the source"
 

@@ -253,7 +253,7 @@ def test_overlapping_images_agree_on_the_lattice(client, raster_factory, tmp_pat
     )
     b = raster_factory(
         crs="EPSG:32633",
-        transform=t * Affine.translation(80, 0),
+        transform=t @ Affine.translation(80, 0),
         shape=(200, 120),
         dtype="uint8",
         nodata=0,
