@@ -96,7 +96,7 @@ def dask_client(
             n_workers=1,
             threads_per_worker=n,
             processes=False,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",
             memory_limit=0,
         ) as cluster,
         Client(cluster) as c,

@@ -24,7 +24,7 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",
             memory_limit=0,
             env=GDAL_WORKER_ENV,
         ) as cluster,
