@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -91,7 +92,9 @@ def dask_client(
             yield c
         return
     n = local_cluster_size(parallel_processing_factor, workers)
+    # the dashboard listens on loopback only, and its link says so
     with (
+        dask.config.set({"distributed.dashboard.link": "http://127.0.0.1:{port}/status"}),
         LocalCluster(
             n_workers=1,
             threads_per_worker=n,
