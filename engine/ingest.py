@@ -310,7 +310,7 @@ def _existing_collection(path: str, request: CreateRequest) -> CollectionInfo | 
             "imageCollection",
             path,
             "already exists (made by another request)",
-            "pass --overwrite (overwrite=True) to replace it, or add images with `mosaicflow add`",
+            "pass --overwrite (overwrite=True) to replace it, or choose another output path",
         )
     return store.read_info(path)
 
