@@ -497,6 +497,17 @@ def _general(
     for j in range(j0, j1 + 1):
         t = (j - dy) * yscale if yscale < 1.0 else j - dy
         wy[j - y_init] = _bilinear_w(t) if method == 1 else _cubic_w(t)
+    if skip_zero:
+        # zero-weight taps add exactly nothing to integer data: narrow the loops to the
+        # taps that weigh something (the same taps in the same order: the same sums)
+        while i0 <= i1 and wx[i0 - x_init] == 0.0:
+            i0 += 1
+        while i1 >= i0 and wx[i1 - x_init] == 0.0:
+            i1 -= 1
+        while j0 <= j1 and wy[j0 - y_init] == 0.0:
+            j0 += 1
+        while j1 >= j0 and wy[j1 - y_init] == 0.0:
+            j1 -= 1
     # taps of zero weight add exactly nothing to integer data: skip them (same sums, same
     # order as GDAL's per-band loops; all bands accumulate together so each tap is tested
     # once). Float data keeps them: GDAL multiplies a NaN by 0 and the result is NaN.
