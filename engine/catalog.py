@@ -35,10 +35,7 @@ Column rules worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ from pyproj import CRS
 from engine.footprint import to_wgs84_footprint
 from engine.grid import Grid
 from engine.records import BandStats, CollectionInfo, ImageRecord
+from engine.store import atomic_write
 
 CATALOG_FORMAT_VERSION = "1"
 GEOMETRY_COLUMN = "footprint"
@@ -325,39 +323,6 @@ def _geo_metadata(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- writing and reading --------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename it over.
-
-    Readers see either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (not possible on every platform: best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_catalog(path: str | Path, records: list[ImageRecord], info: CollectionInfo) -> None:

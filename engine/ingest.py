@@ -616,7 +616,7 @@ def publish(path: str, records: list[ImageRecord], info: CollectionInfo) -> None
     stac.write_stac(
         root / "stac", records, info, store_href="..", catalog_href="../catalog.parquet"
     )
-    store.atomic_write_json(root / "service.json", service.build_descriptor(records, info, path))
+    service.write_descriptor(root / "service.json", service.build_descriptor(records, info, path))
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not in the v3 spec yet, and that the
         # catalog files beside the groups are not Zarr nodes: both are known and intended

@@ -35,12 +35,12 @@ from pyproj import CRS
 from engine.catalog import (
     COVERING_COLUMN,
     GEOMETRY_COLUMN,
-    atomic_write,
     build_table,
     pixel_sizes,
     record_bounds,
 )
 from engine.records import BandStats, CollectionInfo, ImageRecord
+from engine.store import atomic_write
 
 CURRENT_VERSION = 11.3
 DESCRIPTOR_FORMAT_VERSION = 1
