@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
@@ -25,7 +24,7 @@ NAME = "Raster Dataset"
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
 
-def band_names(count: int, descriptions: tuple[str | None, ...] | None = None) -> tuple[str, ...]:
+def band_names(count: int) -> tuple[str, ...]:
     """Variable names of an image's bands: ``b1 … bn`` (descriptions are kept as metadata)."""
     return tuple(f"b{i}" for i in range(1, count + 1))
 
@@ -73,7 +72,7 @@ def probe(uri: str, gdal_path: str, name: str) -> ImageSource:
         nodata = (
             ds.nodata if ds.nodata is not None else (nodatas.pop() if len(nodatas) == 1 else None)
         )
-        names = band_names(ds.count, ds.descriptions)
+        names = band_names(ds.count)
         part = SourcePart(
             path=gdal_path,
             band_indexes=tuple(range(1, ds.count + 1)),
@@ -121,7 +120,3 @@ def _native_grid(uri: str, ds: rasterio.DatasetReader) -> tuple[Grid, str]:
         "has no georeferencing (no CRS, geotransform or GCPs); the Raster Dataset type needs"
         " georeferenced rasters: georeference it, or use the UAV/UAS or Aerial type for camera frames",
     )
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not np.isfinite(value) else value
