@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--nodata", default=None, type=float, help="output noData value")
     c.add_argument(
-        "--byref", action="store_true", help="keep pixels at the source (reference only)"
+        "--byref",
+        action="store_true",
+        help="keep pixels at the source (not available yet: refused with exit code 2)",
     )
     c.add_argument("--name", default=None, help="collection name (default: the store's file name)")
     _cluster_args(c)

@@ -156,6 +156,14 @@ def run_request(
 ) -> IngestResult:
     """Run a validated request. Request errors are raised before anything is written."""
     t0 = time.perf_counter()
+    if request.input_rasters.byref:
+        # refused rather than silently copied: a byref collection must not hold pixels
+        raise RequestError(
+            "inputRasters.byref",
+            True,
+            "collections by reference (pixels kept at the source) are not available yet",
+            "omit byref to copy the pixels into the collection",
+        )
     apply_gdal_env()
     path, name = resolve_store(request)
     refs = sources if sources is not None else resolve_sources(request.input_rasters)
