@@ -164,6 +164,7 @@ def run_request(
             "collections by reference (pixels kept at the source) are not available yet",
             "omit byref to copy the pixels into the collection",
         )
+    get_raster_type(request.raster_type.name)  # refuse a raster type not built yet, first
     apply_gdal_env()
     path, name = resolve_store(request)
     refs = sources if sources is not None else resolve_sources(request.input_rasters)

@@ -335,3 +335,11 @@ def test_byref_is_refused_not_silently_copied(tmp_path):
         )
     assert "byref" in str(err.value) and "omit byref" in str(err.value)
     assert not out.exists()
+
+
+def test_raster_type_not_built_yet_is_a_request_error(tmp_path):
+    out = tmp_path / "l8.zarr"
+    with pytest.raises(RequestError) as err:
+        create_image_collection([str(tmp_path)], raster_type="Landsat 8", image_collection=str(out))
+    assert "rasterTypeName" in str(err.value) and "Raster Dataset" in str(err.value)
+    assert not out.exists()

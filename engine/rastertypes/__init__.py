@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from engine.errors import RequestError
 from engine.rastertypes import raster_dataset
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
@@ -16,12 +17,15 @@ REGISTRY: dict[str, ModuleType] = {raster_dataset.NAME: raster_dataset}
 
 
 def get_raster_type(name: str) -> ModuleType:
-    """The module implementing ``name``; names not built yet raise NotImplementedError."""
+    """The module implementing ``name``; a known name not built yet is a request error."""
     try:
         return REGISTRY[name]
     except KeyError:
-        raise NotImplementedError(
-            f"raster type {name!r} is not available in this build; available: {', '.join(REGISTRY)}"
+        raise RequestError(
+            "rasterType.rasterTypeName",
+            name,
+            "this raster type is not available in this version",
+            f"use one of: {', '.join(REGISTRY)}",
         ) from None
 
 
