@@ -140,7 +140,13 @@ def warp_part(
     engine.plan.resampling_scale) instead of being re-estimated from each chunk's window.
     """
     ds = _dataset(part.path)
-    if fast_origin is not None and scale and dst_nodata is not None and part.georef == "transform":
+    if (
+        fast_origin is not None
+        and scale
+        and dst_nodata is not None
+        and part.georef == "transform"
+        and not _has_mask_band(ds)  # fastwarp knows nodata values, not mask/alpha bands
+    ):
         out = fastwarp.warp_chunk_fast(
             ds, part.band_indexes, part.grid, dst, fast_origin, part.resampling or resampling,
             part.nodata, dst_nodata, dtype, scale,
@@ -151,6 +157,12 @@ def warp_part(
         ds, dst, part.resampling or resampling, bands=part.band_indexes, src_nodata=part.nodata,
         dst_nodata=dst_nodata, dtype=dtype, scale=scale, tolerance=tolerance,
     )  # fmt: skip
+
+
+def _has_mask_band(ds: rasterio.DatasetReader) -> bool:
+    return any(
+        MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in ds.mask_flag_enums
+    )
 
 
 def gdal_warp(

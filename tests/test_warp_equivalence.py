@@ -281,3 +281,31 @@ def test_overlapping_images_agree_on_the_lattice(client, raster_factory, tmp_pat
     both = (oa != 0) & (ob != 0)
     assert both.sum() > 1000
     np.testing.assert_array_equal(oa[both], ob[both])
+
+
+def test_internal_mask_band_is_respected(client, tmp_path):
+    """A source whose validity is a mask band (no nodata value) warps like GDAL, with the
+    output noData the user asked for."""
+    path = tmp_path / "masked.tif"
+    data = np.full((1, 90, 100), 77, dtype="uint8")
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=90,
+        width=100,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(30, 0, 500_000, 0, -30, 4_650_000),
+    ) as dst:
+        dst.write(data)
+        mask = np.full((90, 100), 255, dtype="uint8")
+        mask[:, :40] = 0  # the left part is masked out
+        dst.write_mask(mask)
+    rec, got = ingest_one(
+        client, path, tmp_path, outSR=3857, resamplingMethod="NEAREST", noData=255, tile=32
+    )
+    ref = whole_image_reference(path, rec.grid, "nearest", 255, "uint8")
+    assert_same(got, ref)
+    assert (got == 255).any() and (got == 77).any()
