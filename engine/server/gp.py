@@ -1,0 +1,203 @@
+"""The CreateImageCollection geoprocessing service (ArcGIS Server's GPServer paths).
+
+Routes under ``/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection``:
+the task description, ``submitJob``, ``jobs/<jobId>``, ``jobs/<jobId>/results/result`` and
+``jobs/<jobId>/cancel``. Jobs live in the app's :class:`~engine.jobs.JobStore`
+(``<root>/jobs.sqlite``) and run on its :class:`~engine.jobs.JobRunner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from engine.ingest import IngestResult, run_request
+from engine.jobs import SUCCEEDED, JobRunner, JobStore
+from engine.request import RASTER_TYPES, CreateRequest, parse_request
+from engine.server.arcgis import ArcGISError, respond
+
+TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
+SERVICES = "/arcgis/rest/services"
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the raster store, the token and the job runner."""
+
+    root: Path
+    token: str | None
+    service_url: str | None
+    runner: JobRunner | None = None
+
+    def job_runner(self) -> JobRunner:
+        if self.runner is None:  # the app was used without its lifespan
+            raise ArcGISError(500, "The job service is not running", [])
+        return self.runner
+
+
+def rooted(request: CreateRequest, root: Path) -> CreateRequest:
+    """``serviceProperties.name`` resolved to ``<root>/<name>.zarr`` (the raster store)."""
+    target = request.image_collection
+    if target.name and not target.uri:
+        uri = str(root / f"{target.name}.zarr")
+        return replace(request, image_collection=replace(target, uri=uri))
+    return request
+
+
+def make_runner(state: ServerState, client_factory: Any = None) -> JobRunner:
+    """The app's runner: the store at ``<root>/jobs.sqlite``, names resolved under root."""
+    root = state.root
+
+    def run(request: CreateRequest, **kwargs: Any) -> IngestResult:
+        return run_request(rooted(request, root), **kwargs)
+
+    services = None if state.service_url is None else state.service_url.rstrip("/") + SERVICES
+    return JobRunner(
+        JobStore(root / "jobs.sqlite"),
+        client_factory=client_factory,
+        run=run,
+        service_url=services,
+    )
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.mosaicflow
+    return state
+
+
+def _job(runner: JobRunner, job_id: str) -> dict[str, Any]:
+    try:
+        return runner.status(job_id)
+    except KeyError:
+        raise ArcGISError(404, "Job not found", [f"No job with id '{job_id}'."]) from None
+
+
+def _param(name: str, display: str, description: str, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dataType": "GPString",
+        "displayName": display,
+        "description": description,
+        "direction": "esriGPParameterDirectionInput",
+        "defaultValue": "",
+        "parameterType": "esriGPParameterType" + ("Required" if required else "Optional"),
+        "category": "",
+    }
+
+
+TASK_DESCRIPTION: dict[str, Any] = {
+    "name": "CreateImageCollection",
+    "displayName": "Create Image Collection",
+    "description": (
+        "Takes multiple images as input, creates an image collection in the raster store "
+        "and publishes it as an image service."
+    ),
+    "category": "",
+    "helpUrl": "",
+    "executionType": "esriExecutionTypeAsynchronous",
+    "parameters": [
+        _param(
+            "inputRasters",
+            "Input Rasters",
+            'JSON: {"uris": [...]}, {"urls": [...]}, {"itemIds": [...]} or {"folderId": ...}',
+            required=True,
+        ),
+        _param(
+            "rasterType",
+            "Raster Type",
+            'JSON: {"rasterTypeName": ..., "rasterTypeParameters": {...}}; types: '
+            + ", ".join(RASTER_TYPES),
+        ),
+        _param(
+            "imageCollection",
+            "Output Image Collection",
+            'JSON: {"serviceProperties": {"name": ...}} or {"uri": ...}',
+            required=True,
+        ),
+        _param("context", "Context", 'JSON: {"outSR": ..., "cellSize": ..., "extent": ...}'),
+        {
+            "name": "result",
+            "dataType": "GPString",
+            "displayName": "Result",
+            "description": 'JSON: {"itemId": ..., "url": ...} of the output image service',
+            "direction": "esriGPParameterDirectionOutput",
+            "defaultValue": None,
+            "parameterType": "esriGPParameterTypeRequired",
+            "category": "",
+        },
+    ],
+}
+
+
+router = APIRouter()
+_METHODS = ["GET", "POST"]
+
+
+@router.api_route(TASK, methods=_METHODS)
+async def task(request: Request) -> Response:
+    state = _state(request)
+    return await respond(
+        request, lambda p: TASK_DESCRIPTION, token=state.token, title="CreateImageCollection"
+    )
+
+
+@router.api_route(TASK + "/submitJob", methods=_METHODS)
+async def submit_job(request: Request) -> Response:
+    state = _state(request)
+
+    def handle(params: dict[str, str]) -> dict[str, Any]:
+        runner = state.job_runner()
+        create = parse_request(params)  # RequestError → error JSON, no job created
+        if state.service_url is None:  # the output url follows the address clients use
+            runner.service_url = str(request.base_url).rstrip("/") + SERVICES
+        job_id = runner.submit(create)
+        return {"jobId": job_id, "jobStatus": runner.store.get(job_id)["status"]}
+
+    return await respond(request, handle, token=state.token, title="submitJob")
+
+
+@router.api_route(TASK + "/jobs/{job_id}", methods=_METHODS)
+async def job_status(request: Request, job_id: str) -> Response:
+    state = _state(request)
+    return await respond(
+        request,
+        lambda p: _job(state.job_runner(), job_id),
+        token=state.token,
+        title=f"Job {job_id}",
+    )
+
+
+@router.api_route(TASK + "/jobs/{job_id}/results/result", methods=_METHODS)
+async def job_result(request: Request, job_id: str) -> Response:
+    state = _state(request)
+
+    def handle(params: dict[str, str]) -> dict[str, Any]:
+        runner = state.job_runner()
+        status = _job(runner, job_id)["jobStatus"]
+        result = runner.result(job_id)
+        if status != SUCCEEDED or result is None:
+            raise ArcGISError(
+                400,
+                "Unable to get the job result.",
+                [f"Job '{job_id}' has status {status}; results exist once it has succeeded."],
+            )
+        return result
+
+    return await respond(request, handle, token=state.token, title=f"Job {job_id}: result")
+
+
+@router.api_route(TASK + "/jobs/{job_id}/cancel", methods=_METHODS)
+async def job_cancel(request: Request, job_id: str) -> Response:
+    state = _state(request)
+
+    def handle(params: dict[str, str]) -> dict[str, Any]:
+        runner = state.job_runner()
+        _job(runner, job_id)
+        runner.cancel(job_id)
+        return _job(runner, job_id)
+
+    return await respond(request, handle, token=state.token, title=f"Job {job_id}: cancel")

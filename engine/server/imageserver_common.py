@@ -1,0 +1,159 @@
+"""Shared pieces of the ImageServer routes: ArcGIS errors and formats, parameters, and the
+published collections under the raster store root."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from pyproj import CRS
+
+from engine.collection import Collection, open_collection
+from engine.spatialref import parse_spatial_reference
+
+PREFIX = "/arcgis/rest/services/Hosted/{name}/ImageServer"
+WGS84 = CRS.from_epsg(4326)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+router = APIRouter()
+
+_state: dict[str, Any] = {"root": None}
+_cache: dict[str, tuple[int, Collection]] = {}
+_cache_lock = threading.Lock()
+
+
+def configure(root: Path | str) -> None:
+    """Publish every ``root/<name>.zarr`` as ``Hosted/<name>``."""
+    _state["root"] = Path(root)
+    with _cache_lock:
+        _cache.clear()
+
+
+# -- errors and output formats ----------------------------------------------------------
+class ArcGISError(Exception):
+    """An error answered as ArcGIS error JSON (HTTP 200)."""
+
+    def __init__(self, code: int, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def _bad(message: str, *details: str) -> ArcGISError:
+    return ArcGISError(400, message, list(details))
+
+
+def _render(payload: dict[str, Any], f: str, title: str) -> Response:
+    if f == "pjson":
+        return Response(
+            json.dumps(payload, indent=2, allow_nan=False, default=str),
+            media_type="application/json",
+        )
+    if f == "html":
+        body = html.escape(json.dumps(payload, indent=2, allow_nan=False, default=str))
+        return HTMLResponse(
+            f"<!DOCTYPE html><html><head><title>{html.escape(title)}</title></head>"
+            f"<body><h2>{html.escape(title)}</h2><pre>{body}</pre></body></html>"
+        )
+    return Response(
+        json.dumps(payload, allow_nan=False, default=str), media_type="application/json"
+    )
+
+
+def _error_response(err: ArcGISError, f: str) -> Response:
+    return _render(err.payload(), f if f in ("json", "pjson", "html") else "json", "Error")
+
+
+async def _params(request: Request) -> dict[str, str]:
+    """Query-string and form parameters, keys lower-cased (ArcGIS reads them so)."""
+    out = {k.lower(): v for k, v in request.query_params.items()}
+    if request.method == "POST":
+        ctype = request.headers.get("content-type", "")
+        if "form" in ctype:
+            form = await request.form()
+            for k, v in form.items():
+                if isinstance(v, str):
+                    out[k.lower()] = v
+    return out
+
+
+def _format(params: Mapping[str, str], allowed: tuple[str, ...], default: str = "html") -> str:
+    f = (params.get("f") or default).strip().lower()
+    if f not in allowed:
+        raise _bad(f"Invalid format '{f}'", f"f must be one of {', '.join(allowed)}")
+    return f
+
+
+def _flag(params: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = params.get(key.lower())
+    if raw is None or raw.strip() == "":
+        return default
+    v = raw.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise _bad(f"Invalid value for '{key}': {raw!r}", "Use true or false")
+
+
+def _int_param(params: Mapping[str, str], key: str, default: int | None) -> int | None:
+    raw = params.get(key.lower())
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _bad(f"Invalid value for '{key}': {raw!r}", "Give a whole number") from None
+    if value < 0:
+        raise _bad(f"Invalid value for '{key}': {raw!r}", "Give a number >= 0")
+    return value
+
+
+# -- collections ----------------------------------------------------------------------
+def _collection(name: str) -> Collection:
+    root = _state["root"]
+    if root is None or not _NAME.match(name):
+        raise ArcGISError(404, "Service not found", [f"Hosted/{name} is not published"])
+    path = Path(root) / f"{name}.zarr"
+    service = path / "service.json"
+    if not service.is_file() or not (path / "catalog.parquet").is_file():
+        raise ArcGISError(404, "Service not found", [f"Hosted/{name} is not published"])
+    stamp = service.stat().st_mtime_ns ^ (path / "catalog.parquet").stat().st_mtime_ns
+    key = str(path)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    coll = open_collection(path)
+    with _cache_lock:
+        _cache[key] = (stamp, coll)
+    return coll
+
+
+def _collection_crs(coll: Collection) -> CRS:
+    d = coll.descriptor
+    wkt = (d.get("mosaicflow") or {}).get("crs_wkt")
+    if wkt:
+        return CRS.from_wkt(wkt)
+    return parse_spatial_reference(d["spatialReference"], "spatialReference")
+
+
+def _service_rows(coll: Collection) -> pa.Table:
+    """The catalog rows the service shows: the complete images (failed ones have no pixels)."""
+    t = coll.catalog
+    if "status" in t.column_names:
+        t = t.filter(pc.fill_null(pc.equal(t["status"], "complete"), False))
+    return t
