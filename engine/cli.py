@@ -89,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
+    s = sub.add_parser("serve", help="serve jobs and image services over the ArcGIS REST API")
+    s.add_argument(
+        "--root", required=True, help="the raster store: collections are DIR/<name>.zarr"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument(
+        "--data-store",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a folder input uris may come from (/NAME/rel/path); repeatable; none: no local inputs",
+    )
+    s.add_argument("--token-file", help="require this token on every route (ArcGIS 498/499)")
+    s.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    s.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    s.add_argument("--service-url", help="public base url used in output service urls")
+    s.set_defaults(func=cmd_serve)
+
     d = sub.add_parser("demo", help="generate a small realistic input set and ingest it")
     d.add_argument("dir", nargs="?", default="demo-output")
     d.add_argument("--scenes", type=int, default=4)
@@ -294,6 +313,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"mosaicflow: verified {report_['checked']} images: {report_['bad']} bad", file=sys.stderr
     )
     return EXIT_OK if report_["bad"] == 0 else EXIT_NOTHING
+
+
+def parse_data_stores(values: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` flags as a mapping; each PATH must be an existing folder."""
+    stores: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        folder = Path(path).expanduser()
+        if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise RequestError(
+                "--data-store", value, "is not NAME=PATH", "e.g. --data-store imagery=/data/imagery"
+            )
+        if not folder.is_dir():
+            raise RequestError(
+                "--data-store", value, f"{folder} is not a folder", "give an existing folder"
+            )
+        stores[name] = folder.resolve()
+    return stores
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.server import create_app
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise RequestError(
+                "--token-file",
+                args.token_file,
+                f"cannot be read ({exc.strerror})",
+                "give a readable file",
+            ) from None
+        if not token:
+            raise RequestError(
+                "--token-file", args.token_file, "is empty", "write the token into the file"
+            )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise RequestError(
+            "--tls-cert/--tls-key", args.tls_cert or args.tls_key, "need each other", "give both"
+        )
+    app = create_app(
+        args.root,
+        service_url=args.service_url,
+        token=token,
+        data_stores=parse_data_stores(args.data_store),
+    )
+    uvicorn.run(
+        app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key
+    )
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

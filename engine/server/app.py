@@ -37,6 +37,7 @@ def create_app(
     service_url: str | None = None,
     token: str | None = None,
     client_factory: Callable[[], Any] | None = None,
+    data_stores: dict[str, Path] | None = None,
 ) -> FastAPI:
     """Build the app.
 
@@ -53,10 +54,20 @@ def create_app(
         When given, every route but ``/arcgis/rest/info`` requires it (ArcGIS 499/498).
     client_factory
         Called per job for the Dask client; None lets the engine decide.
+    data_stores
+        Registered data stores (NAME -> folder): input uris must resolve inside them
+        (``/NAME/rel/path`` or absolute paths inside; ``..`` and symlinks out refused) and
+        outputs inside ``root``. None accepts any local path (for library use and tests;
+        ``mosaicflow serve`` always passes its ``--data-store`` set).
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    state = gp.ServerState(root=root, token=token, service_url=service_url)
+    state = gp.ServerState(
+        root=root,
+        token=token,
+        service_url=service_url,
+        data_stores=None if data_stores is None else {k: Path(v) for k, v in data_stores.items()},
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

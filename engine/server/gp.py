@@ -15,10 +15,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from engine.errors import RequestError
 from engine.ingest import IngestResult, run_request
 from engine.jobs import SUCCEEDED, JobRunner, JobStore
 from engine.request import RASTER_TYPES, CreateRequest, parse_request
 from engine.server.arcgis import ArcGISError, respond
+from engine.sources import resolve_sources
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
 SERVICES = "/arcgis/rest/services"
@@ -32,6 +34,14 @@ class ServerState:
     token: str | None
     service_url: str | None
     runner: JobRunner | None = None
+    # registered data stores (NAME -> folder); None: any local path (library/tests only)
+    data_stores: dict[str, Path] | None = None
+
+    def sources(self, request: CreateRequest) -> list[Any] | None:
+        """The request's inputs resolved inside the data stores (RequestError outside)."""
+        if self.data_stores is None:
+            return None
+        return resolve_sources(request.input_rasters, data_stores=self.data_stores)
 
     def job_runner(self) -> JobRunner:
         if self.runner is None:  # the app was used without its lifespan
@@ -48,12 +58,27 @@ def rooted(request: CreateRequest, root: Path) -> CreateRequest:
     return request
 
 
+def _check_output(request: CreateRequest, state: ServerState) -> None:
+    """With data stores registered, an output uri must lie in the raster store."""
+    uri = request.image_collection.uri
+    if state.data_stores is None or not uri:
+        return
+    path = Path(uri).resolve()
+    if not path.is_relative_to(state.root):
+        raise RequestError(
+            "imageCollection.uri",
+            uri,
+            "lies outside the server's raster store",
+            f'give {{"serviceProperties": {{"name": NAME}}}} to create {state.root}/NAME.zarr',
+        )
+
+
 def make_runner(state: ServerState, client_factory: Any = None) -> JobRunner:
     """The app's runner: the store at ``<root>/jobs.sqlite``, names resolved under root."""
     root = state.root
 
     def run(request: CreateRequest, **kwargs: Any) -> IngestResult:
-        return run_request(rooted(request, root), **kwargs)
+        return run_request(rooted(request, root), sources=state.sources(request), **kwargs)
 
     services = None if state.service_url is None else state.service_url.rstrip("/") + SERVICES
     return JobRunner(
@@ -152,6 +177,8 @@ async def submit_job(request: Request) -> Response:
     def handle(params: dict[str, str]) -> dict[str, Any]:
         runner = state.job_runner()
         create = parse_request(params)  # RequestError → error JSON, no job created
+        state.sources(create)  # inputs outside the data stores are refused here, too
+        _check_output(create, state)
         if state.service_url is None:  # the output url follows the address clients use
             runner.service_url = str(request.base_url).rstrip("/") + SERVICES
         job_id = runner.submit(create)

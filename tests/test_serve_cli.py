@@ -1,0 +1,120 @@
+"""``mosaicflow serve``: the real command on a loopback port, with data stores and a token.
+
+Inputs resolve only inside registered data stores (``/NAME/rel/path`` or absolute paths
+inside); traversal and paths elsewhere are refused before a job exists; outputs go to the
+raster store. The server process is started and stopped by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+from affine import Affine
+
+from tests.conftest import write_raster
+from tests.test_cli import _script
+
+TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    data = tmp_path / "imagery"
+    data.mkdir()
+    write_raster(
+        data / "a.tif",
+        crs="EPSG:32633",
+        transform=Affine(30, 0, 500_000, 0, -30, 4_650_000),
+        shape=(80, 90),
+        dtype="uint8",
+        nodata=0,
+    )
+    (tmp_path / "token").write_text("tok\n")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            _script(),
+            "serve",
+            "--root",
+            str(tmp_path / "store"),
+            "--port",
+            str(port),
+            "--data-store",
+            f"imagery={data}",
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    for _ in range(200):
+        try:
+            http.get("/arcgis/rest/info?f=json")
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            time.sleep(0.1)
+    yield http, tmp_path
+    http.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def submit(http, uris, name="served"):
+    return http.post(
+        f"{TASK}/submitJob",
+        data={
+            "f": "json",
+            "token": "tok",
+            "inputRasters": json.dumps({"uris": uris}),
+            "imageCollection": json.dumps({"serviceProperties": {"name": name}}),
+            "context": json.dumps({"outSR": {"wkid": 3857}}),
+        },
+    ).json()
+
+
+def test_data_store_relative_uri_runs_end_to_end(server):
+    http, tmp = server
+    job = submit(http, ["/imagery/a.tif"])
+    assert "jobId" in job, job
+    for _ in range(300):
+        st = http.get(f"{TASK}/jobs/{job['jobId']}", params={"f": "json", "token": "tok"}).json()
+        if st["jobStatus"] in ("esriJobSucceeded", "esriJobFailed"):
+            break
+        time.sleep(0.2)
+    assert st["jobStatus"] == "esriJobSucceeded", st
+    assert (tmp / "store" / "served.zarr" / "catalog.parquet").exists()
+    desc = http.get(
+        "/arcgis/rest/services/Hosted/served/ImageServer", params={"f": "json", "token": "tok"}
+    )
+    assert desc.json()["bandCount"] == 1
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["/imagery/../token", "/etc/hostname", "file:///etc/hostname", "/nostore/a.tif"],
+)
+def test_paths_outside_the_data_stores_are_refused(server, uri):
+    http, tmp = server
+    answer = submit(http, [uri])
+    assert answer.get("error", {}).get("code") == 400, answer
+    assert not (tmp / "store" / "served.zarr").exists()
+
+
+def test_token_is_required(server):
+    http, _ = server
+    assert http.get(f"{TASK}?f=json").json()["error"]["code"] == 499
