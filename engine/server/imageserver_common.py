@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from pyproj import CRS
 
 from engine.collection import Collection, open_collection
+from engine.server.arcgis import ArcGISError
 from engine.spatialref import parse_spatial_reference
 
 PREFIX = "/arcgis/rest/services/Hosted/{name}/ImageServer"
@@ -39,19 +40,7 @@ def configure(root: Path | str) -> None:
 
 
 # -- errors and output formats ----------------------------------------------------------
-class ArcGISError(Exception):
-    """An error answered as ArcGIS error JSON (HTTP 200)."""
-
-    def __init__(self, code: int, message: str, details: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or []
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
-
-
+# ArcGISError is the server-wide one (engine/server/arcgis.py): the app renders it anywhere.
 def _bad(message: str, *details: str) -> ArcGISError:
     return ArcGISError(400, message, list(details))
 
@@ -74,7 +63,7 @@ def _render(payload: dict[str, Any], f: str, title: str) -> Response:
 
 
 def _error_response(err: ArcGISError, f: str) -> Response:
-    return _render(err.payload(), f if f in ("json", "pjson", "html") else "json", "Error")
+    return _render(err.to_json(), f if f in ("json", "pjson", "html") else "json", "Error")
 
 
 async def _params(request: Request) -> dict[str, str]:
