@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--service-url", help="public base url used in output service urls")
     s.set_defaults(func=cmd_serve)
 
+    it = sub.add_parser("items", help="the portal's items (what itemIds and folderId inputs name)")
+    it_sub = it.add_subparsers(dest="items_command", required=True)
+    add = it_sub.add_parser("add", help="register a raster (or collection) as a portal item")
+    add.add_argument("path")
+    add.add_argument("--root", required=True, help="the server's raster store (as for serve)")
+    add.add_argument("--folder", default=None, help="a folder title (created if needed)")
+    add.add_argument("--title", default=None)
+    add.set_defaults(func=cmd_items_add)
+
     d = sub.add_parser("demo", help="generate a small realistic input set and ingest it")
     d.add_argument("dir", nargs="?", default="demo-output")
     d.add_argument("--scenes", type=int, default=4)
@@ -366,6 +375,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key
     )
+    return EXIT_OK
+
+
+def cmd_items_add(args: argparse.Namespace) -> int:
+    from engine.items import ItemRegistry
+
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    item = ItemRegistry(root / "items.sqlite").add(args.path, title=args.title, folder=args.folder)
+    print(json.dumps(item, indent=2))
     return EXIT_OK
 
 

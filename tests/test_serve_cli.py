@@ -118,3 +118,58 @@ def test_paths_outside_the_data_stores_are_refused(server, uri):
 def test_token_is_required(server):
     http, _ = server
     assert http.get(f"{TASK}?f=json").json()["error"]["code"] == 499
+
+
+def test_items_add_then_an_itemids_job_becomes_an_item(server):
+    http, tmp = server
+    added = subprocess.run(
+        [
+            _script(),
+            "items",
+            "add",
+            str(tmp / "imagery" / "a.tif"),
+            "--root",
+            str(tmp / "store"),
+            "--folder",
+            "scenes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    item = json.loads(added.stdout)
+    job = http.post(
+        f"{TASK}/submitJob",
+        data={
+            "f": "json",
+            "token": "tok",
+            "inputRasters": json.dumps({"itemIds": [item["id"]]}),
+            "imageCollection": json.dumps({"serviceProperties": {"name": "byitem"}}),
+        },
+    ).json()
+    assert "jobId" in job, job
+    for _ in range(300):
+        st = http.get(f"{TASK}/jobs/{job['jobId']}", params={"f": "json", "token": "tok"}).json()
+        if st["jobStatus"] in ("esriJobSucceeded", "esriJobFailed"):
+            break
+        time.sleep(0.2)
+    assert st["jobStatus"] == "esriJobSucceeded", st
+    result = http.get(
+        f"{TASK}/jobs/{job['jobId']}/results/result", params={"f": "json", "token": "tok"}
+    ).json()["value"]
+    portal_item = http.get(
+        f"/portal/sharing/rest/content/items/{result['itemId']}",
+        params={"f": "json", "token": "tok"},
+    ).json()
+    assert portal_item["type"] == "Image Service" and portal_item["url"] == result["url"]
+    unknown = http.post(
+        f"{TASK}/submitJob",
+        data={
+            "f": "json",
+            "token": "tok",
+            "inputRasters": json.dumps({"itemIds": ["0" * 32]}),
+            "imageCollection": json.dumps({"serviceProperties": {"name": "nope"}}),
+        },
+    ).json()
+    assert unknown["error"]["code"] == 400

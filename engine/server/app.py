@@ -17,7 +17,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.server import gp, imageserver
+from engine.items import ItemRegistry
+from engine.server import gp, imageserver, portal
 from engine.server.arcgis import (
     ArcGISError,
     check_token,
@@ -67,6 +68,7 @@ def create_app(
         token=token,
         service_url=service_url,
         data_stores=None if data_stores is None else {k: Path(v) for k, v in data_stores.items()},
+        items=ItemRegistry(root / "items.sqlite"),
     )
 
     @asynccontextmanager
@@ -83,6 +85,8 @@ def create_app(
     app = FastAPI(title="mosaicflow", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.mosaicflow = state
     app.include_router(gp.router)
+    app.state.mosaicflow_items = state.items
+    app.include_router(portal.router)  # checks the token itself (info routes stay public)
 
     async def require_token(request: Request) -> None:
         """The image services check the server's token like every other route."""

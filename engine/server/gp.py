@@ -17,7 +17,8 @@ from fastapi.responses import Response
 
 from engine.errors import RequestError
 from engine.ingest import IngestResult, run_request
-from engine.jobs import SUCCEEDED, JobRunner, JobStore
+from engine.items import ItemRegistry
+from engine.jobs import SUCCEEDED, JobRunner, JobStore, item_id
 from engine.request import RASTER_TYPES, CreateRequest, parse_request
 from engine.server.arcgis import ArcGISError, respond
 from engine.sources import resolve_sources
@@ -36,12 +37,17 @@ class ServerState:
     runner: JobRunner | None = None
     # registered data stores (NAME -> folder); None: any local path (library/tests only)
     data_stores: dict[str, Path] | None = None
+    items: ItemRegistry | None = None  # the portal's items: itemIds/folderId inputs
 
     def sources(self, request: CreateRequest) -> list[Any] | None:
-        """The request's inputs resolved inside the data stores (RequestError outside)."""
-        if self.data_stores is None:
+        """The request's inputs resolved inside the data stores (RequestError outside) and
+        through the portal's items; None lets the engine resolve them (no confinement)."""
+        by_item = request.input_rasters.kind in ("itemIds", "folderId")
+        if self.data_stores is None and not by_item:
             return None
-        return resolve_sources(request.input_rasters, data_stores=self.data_stores)
+        return resolve_sources(
+            request.input_rasters, data_stores=self.data_stores, items=self.items
+        )
 
     def job_runner(self) -> JobRunner:
         if self.runner is None:  # the app was used without its lifespan
@@ -78,15 +84,24 @@ def make_runner(state: ServerState, client_factory: Any = None) -> JobRunner:
     root = state.root
 
     def run(request: CreateRequest, **kwargs: Any) -> IngestResult:
-        return run_request(rooted(request, root), sources=state.sources(request), **kwargs)
+        result = run_request(rooted(request, root), sources=state.sources(request), **kwargs)
+        if state.items is not None and result.complete and runner_ref:
+            # the created collection becomes a portal item, under the id the job announces
+            url = f"{runner_ref[0].service_url}/Hosted/{result.name}/ImageServer"
+            state.items.add_collection(result.name, result.store, url, item_id(result.store))
+        return result
+
+    runner_ref: list[JobRunner] = []
 
     services = None if state.service_url is None else state.service_url.rstrip("/") + SERVICES
-    return JobRunner(
+    runner = JobRunner(
         JobStore(root / "jobs.sqlite"),
         client_factory=client_factory,
         run=run,
         service_url=services,
     )
+    runner_ref.append(runner)
+    return runner
 
 
 def _state(request: Request) -> ServerState:
