@@ -173,3 +173,71 @@ def test_items_add_then_an_itemids_job_becomes_an_item(server):
         },
     ).json()
     assert unknown["error"]["code"] == 400
+
+
+def test_https_with_tls_cert_and_key(tmp_path):
+    """ArcGIS clients insist on https: --tls-cert/--tls-key serve TLS on the same routes."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            _script(),
+            "serve",
+            "--root",
+            str(tmp_path / "store"),
+            "--port",
+            str(port),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}", verify=str(cert), timeout=10
+        ) as http:
+            for _ in range(200):
+                try:
+                    info = http.get("/arcgis/rest/info", params={"f": "json"}).json()
+                    break
+                except httpx.TransportError:
+                    if proc.poll() is not None:
+                        pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+                    time.sleep(0.1)
+            assert info["currentVersion"] == 11.3
+        with pytest.raises(httpx.TransportError):  # plain http is not served on that port
+            httpx.get(f"http://127.0.0.1:{port}/arcgis/rest/info", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
