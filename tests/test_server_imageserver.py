@@ -298,3 +298,149 @@ def test_export_image_refusals(http):
     for extra in ({"format": "bmp"}, {"bbox": "1,2,3"}, {"bandIds": "5"}, {"size": "0,10"}):
         body = http.get(f"{BASE}/exportImage", params={**base, **extra}).json()
         assert body["error"]["code"] == 400, (extra, body)
+
+
+# -- exportImage mosaicRule ---------------------------------------------------------------
+OVERLAP = (X0 + 300, Y0 - 400, X0 + 500, Y0)  # images 1 and 2 overlap here (3 starts at +600)
+
+
+def _export_rule(http, bbox, rule) -> np.ndarray:
+    size = (round((bbox[2] - bbox[0]) / 10), round((bbox[3] - bbox[1]) / 10))
+    params = {
+        "bbox": ",".join(map(str, bbox)),
+        "size": f"{size[0]},{size[1]}",
+        "format": "tiff",
+        "f": "image",
+    }
+    if rule is not None:
+        params["mosaicRule"] = rule if isinstance(rule, str) else json.dumps(rule)
+    r = http.get(f"{BASE}/exportImage", params=params)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/tiff", r.text
+    with MemoryFile(r.content) as mem, mem.open() as ds:
+        assert ds.transform.a == 10 and ds.nodata == 0
+        return ds.read(1)
+
+
+def _windows(collection, bbox, object_ids=(1, 2)) -> list[np.ndarray]:
+    coll = open_collection(collection / "demo.zarr")
+    size = (round((bbox[2] - bbox[0]) / 10), round((bbox[3] - bbox[1]) / 10))
+    return [_window(*_stored(coll, oid), bbox, size) for oid in object_ids]
+
+
+def _dist(p, q) -> float:
+    return float(np.hypot(p[0] - q[0], p[1] - q[1]))
+
+
+def _first_of(*arrays: np.ndarray) -> np.ndarray:
+    out = np.zeros(arrays[0].shape)
+    for arr in reversed(arrays):
+        out = np.where(np.isfinite(arr), arr, out)
+    return out.astype("uint8")
+
+
+def test_export_mosaic_first_last(http, collection):
+    a, b = _windows(collection, OVERLAP)
+    both = np.isfinite(a) & np.isfinite(b)
+    assert both.any() and (np.isfinite(a) & ~np.isfinite(b)).any()  # image 2 has a collar here
+    first = _export_rule(http, OVERLAP, {"mosaicMethod": "esriMosaicNone"})
+    last = _export_rule(http, OVERLAP, {"mosaicMethod": "None", "mosaicOperation": "MT_LAST"})
+    np.testing.assert_array_equal(first, _export_rule(http, OVERLAP, None))  # the default
+    np.testing.assert_array_equal(first, _first_of(a, b))
+    np.testing.assert_array_equal(last, _first_of(b, a))
+    np.testing.assert_array_equal(first[both], a[both].astype("uint8"))
+    np.testing.assert_array_equal(last[both], b[both].astype("uint8"))
+    np.testing.assert_array_equal(first != last, both & (a != b))
+    assert (first != last).any()
+
+
+def test_export_mosaic_min_max_mean(http, collection):
+    a, b = _windows(collection, OVERLAP)
+    stack = np.stack([a, b])
+    valid = np.isfinite(stack)
+    n = valid.sum(axis=0)
+    filled = np.where(valid, stack, 0.0)
+    lo = np.where(valid, stack, np.inf).min(axis=0)
+    hi = np.where(valid, stack, -np.inf).max(axis=0)
+    mean = np.floor(filled.sum(axis=0) / np.maximum(n, 1) + 0.5)
+    for op, want in (("MT_MIN", lo), ("mt_max", hi), ("MT_MEAN", mean)):
+        got = _export_rule(http, OVERLAP, {"mosaicMethod": "esriMosaicNone", "mosaicOperation": op})
+        np.testing.assert_array_equal(got, np.where(n > 0, want, 0).astype("uint8"), err_msg=op)
+    odd = (n == 2) & ((filled.sum(axis=0) % 2) == 1)
+    assert odd.any()  # the rounding of .5 means is exercised
+
+
+def test_export_mosaic_lock_raster(http, collection):
+    a, b = _windows(collection, OVERLAP)
+    got = _export_rule(
+        http, OVERLAP, {"mosaicMethod": "esriMosaicLockRaster", "lockRasterIds": [2]}
+    )
+    np.testing.assert_array_equal(got, np.where(np.isfinite(b), b, 0).astype("uint8"))
+    assert (got == 0).any() and np.isfinite(a[got == 0]).any()  # image 1 is not used
+    both = _export_rule(http, OVERLAP, {"mosaicMethod": "LockRaster", "lockRasterIds": [2, 1]})
+    np.testing.assert_array_equal(both, _first_of(b, a))
+
+
+def test_export_mosaic_center_northwest_attribute(http, collection):
+    bbox = (X0 + 450, Y0 - 400, X0 + 500, Y0)  # nearer image 2's centre and NW corner
+    coll = open_collection(collection / "demo.zarr")
+    cat = coll.catalog.to_pylist()
+    cx = {r["ObjectID"]: (r["CenterX"], r["CenterY"]) for r in cat}
+    mid, nw = (X0 + 475, Y0 - 200), (X0 + 450, Y0)
+    assert _dist(cx[2], mid) < _dist(cx[1], mid)
+    assert _dist(cx[2], nw) < _dist(cx[1], nw)
+    a, b = _windows(collection, bbox)
+    one_first, two_first = _first_of(a, b), _first_of(b, a)
+    assert (one_first != two_first).any()
+    np.testing.assert_array_equal(_export_rule(http, bbox, None), one_first)
+    for rule in (
+        {"mosaicMethod": "esriMosaicCenter"},
+        {"mosaicMethod": "esriMosaicNorthwest"},
+        {"mosaicMethod": "center", "mosaicOperation": "MT_FIRST"},
+        {"mosaicMethod": "esriMosaicAttribute", "sortField": "objectid", "sortValue": 3},
+        {"mosaicMethod": "esriMosaicAttribute", "sortField": "ObjectID", "ascending": False},
+    ):
+        np.testing.assert_array_equal(_export_rule(http, bbox, rule), two_first, err_msg=str(rule))
+    # Far from image 2: the centre rule keeps image 1 first; a timestamp attribute works.
+    left = (X0 + 300, Y0 - 400, X0 + 350, Y0)
+    a, b = _windows(collection, left)
+    np.testing.assert_array_equal(
+        _export_rule(http, left, {"mosaicMethod": "esriMosaicCenter"}), _first_of(a, b)
+    )
+    rule = {"mosaicMethod": "esriMosaicAttribute", "sortField": "ingested_at", "sortValue": 0}
+    assert _export_rule(http, left, rule).shape == (40, 5)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"mosaicMethod": "esriMosaicSeamline"}',
+        '{"mosaicMethod": "bogus"}',
+        '{"mosaicOperation": "MT_BLEND"}',
+        '{"mosaicOperation": "MT_NOPE"}',
+        '{"mosaicMethod": "esriMosaicLockRaster"}',
+        '{"mosaicMethod": "esriMosaicLockRaster", "lockRasterIds": ["x"]}',
+        '{"mosaicMethod": "esriMosaicAttribute"}',
+        '{"mosaicMethod": "esriMosaicAttribute", "sortField": "Name", "sortValue": 1}',
+        '{"mosaicMethod": "esriMosaicAttribute", "sortField": "ObjectID", "sortValue": "x"}',
+        '{"ascending": "maybe"}',
+        '{"where": "bogus_field = 1"}',
+        '{"where": "Name = "}',
+    ],
+)
+def test_export_mosaic_rule_refused(http, rule):
+    params = {"bbox": ",".join(map(str, OVERLAP)), "size": "20,40", "f": "json", "mosaicRule": rule}
+    body = http.get(f"{BASE}/exportImage", params=params).json()
+    assert body["error"]["code"] == 400, (rule, body)
+    assert "mosaicRule" in body["error"]["message"] + " ".join(body["error"].get("details", []))
+
+
+def test_export_mosaic_where(http, collection):
+    a, b = _windows(collection, OVERLAP)
+    got = _export_rule(http, OVERLAP, {"where": "Name = 'beta'"})
+    np.testing.assert_array_equal(got, np.where(np.isfinite(b), b, 0).astype("uint8"))
+    rule = {"mosaicMethod": "esriMosaicNone", "mosaicOperation": "MT_LAST", "where": "ObjectID < 2"}
+    np.testing.assert_array_equal(
+        _export_rule(http, OVERLAP, rule), np.where(np.isfinite(a), a, 0).astype("uint8")
+    )

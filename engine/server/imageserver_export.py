@@ -1,5 +1,5 @@
-"""ImageServer ``exportImage``: an axis-aligned mosaic (method First) read from the images
-whose catalog bounds meet the request."""
+"""ImageServer ``exportImage``: an axis-aligned mosaic read from the images whose catalog
+bounds meet the request, ordered and combined per the ArcGIS ``mosaicRule``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from pyproj import CRS
 
 from engine.geometry import Region
+from engine.server.arcgis import ArcGISError
 from engine.server.imageserver_common import (
     _bad,
     _collection,
     _collection_crs,
     _service_rows,
 )
+from engine.server.imageserver_where import _resolve, _where_mask
 from engine.spatialref import parse_spatial_reference
 
 # -- exportImage ----------------------------------------------------------------------
@@ -121,23 +125,38 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
     if fmt == "png" and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
         raise _bad("Unsupported format", f"PNG holds 8 or 16 bit pixels, not {dtype}: use tiff")
 
+    rule = _mosaic_rule(params.get("mosaicrule") or "")
+    op = rule.operation
     out = np.zeros((len(band_ids), h, w), dtype="float64")
     filled = np.zeros((h, w), dtype=bool)
+    count = np.zeros((h, w), dtype="int64") if op == "mean" else None
     dx, dy = (xmax - xmin) / w, (ymax - ymin) / h
     xs = xmin + (np.arange(w) + 0.5) * dx
     ys = ymax - (np.arange(h) + 0.5) * dy
     table = _service_rows(coll)
     table = table.take(pc.sort_indices(table, sort_keys=[("ObjectID", "ascending")]))
+    try:
+        wmask = _where_mask(rule.where, table) if rule.where else None
+    except ArcGISError as exc:
+        raise _rule_bad(f"where: {exc.message}", *exc.details) from None
+    if wmask is not None:
+        table = table.filter(wmask)
     hits = (
         (np.asarray(table["xmin"]) < xmax)
         & (np.asarray(table["xmax"]) > xmin)
         & (np.asarray(table["ymin"]) < ymax)
         & (np.asarray(table["ymax"]) > ymin)
     )
-    for image_id in np.asarray(table["image_id"].to_pylist(), dtype=object)[hits]:
-        if filled.all():
+    table = table.filter(pa.array(hits, type=pa.bool_()))
+    order = _ordering(table, rule, (xmin, ymin, xmax, ymax))
+    first = op in ("first", "last")
+    if op == "last":  # last valid wins == first valid of the reversed order
+        order = order[::-1]
+    image_ids = table["image_id"].to_pylist()
+    for idx in order:
+        if first and filled.all():
             break
-        ds = coll.image(str(image_id))
+        ds = coll.image(str(image_ids[idx]))
         a, _b, c, _d, e, f = _transform_of(ds)
         ny, nx = ds.sizes["y"], ds.sizes["x"]
         cols = np.floor((xs - c) / a).astype("int64")
@@ -149,29 +168,173 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         c0, c1 = int(cols[cok].min()), int(cols[cok].max()) + 1
         r0, r1 = int(rows[rok].min()), int(rows[rok].max()) + 1
         oc, orr = np.nonzero(cok)[0], np.nonzero(rok)[0]
-        need = ~filled[np.ix_(orr, oc)]
-        if not need.any():
+        win = np.ix_(orr, oc)
+        seen = filled[win]
+        if first and seen.all():
             continue
-        valid_any: np.ndarray | None = None
+        take = np.zeros(seen.shape, dtype=bool)
         for k, b in enumerate(band_ids):
             var = ds[band_names[b]]
             block = np.asarray(var.isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype="float64")
             vals = block[np.ix_(rows[orr] - r0, cols[oc] - c0)]
-            fill = var.encoding.get("_FillValue")
-            valid = np.isfinite(vals)
-            if fill is not None and not (isinstance(fill, float) and math.isnan(fill)):
-                valid &= vals != float(fill)
-            valid_any = valid if valid_any is None else (valid_any & valid)
-            if k == 0:
-                take = need & valid
-            sub = out[k][np.ix_(orr, oc)]
-            sub[take] = vals[take]
-            out[k][np.ix_(orr, oc)] = sub
-        sub_f = filled[np.ix_(orr, oc)]
-        sub_f[take] = True
-        filled[np.ix_(orr, oc)] = sub_f
+            if k == 0:  # a pixel is valid where the first requested band is
+                fill = var.encoding.get("_FillValue")
+                take = np.isfinite(vals)
+                if fill is not None and not (isinstance(fill, float) and math.isnan(fill)):
+                    take &= vals != float(fill)
+                if first:
+                    take &= ~seen
+            sub = out[k][win]
+            if op == "mean":
+                sub[take] += vals[take]
+            elif op in ("min", "max"):
+                better = vals < sub if op == "min" else vals > sub
+                m = take & (~seen | better)
+                sub[m] = vals[m]
+            else:
+                sub[take] = vals[take]
+            out[k][win] = sub
+        if count is not None:
+            count[win] += take
+        filled[win] = seen | take
+    if count is not None:
+        out[:, filled] /= count[filled]
+        if dtype.kind in "iu":  # GDAL rounds integer means half up
+            out = np.floor(out + 0.5)
     out[:, ~filled] = nodata
     return _Export(out.astype(dtype), (xmin, ymin, xmax, ymax), crs, nodata, fmt)
+
+
+# -- mosaicRule -----------------------------------------------------------------------
+_METHODS = ("none", "northwest", "center", "attribute", "lockraster")
+_OPERATIONS = ("first", "last", "min", "max", "mean")
+
+
+@dataclass
+class _Rule:
+    method: str = "none"
+    operation: str = "first"
+    sort_field: str | None = None
+    sort_value: Any = None
+    ascending: bool = True
+    lock_ids: list[int] = field(default_factory=list)
+    where: str = ""
+
+
+def _rule_bad(*details: str) -> ArcGISError:
+    return _bad("Invalid mosaicRule", *details)
+
+
+def _mosaic_rule(raw: str) -> _Rule:
+    """Parse the ArcGIS ``mosaicRule`` JSON (absent or empty: None / MT_FIRST)."""
+    raw = raw.strip()
+    if not raw:
+        return _Rule()
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError:
+        raise _rule_bad("mosaicRule is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _rule_bad("mosaicRule must be a JSON object")
+    obj = {str(k).lower(): v for k, v in obj.items()}
+    m_raw, o_raw = obj.get("mosaicmethod") or "esriMosaicNone", obj.get("mosaicoperation")
+    method = str(m_raw).strip().lower().removeprefix("esrimosaic")
+    if method not in _METHODS:
+        raise _rule_bad(f"mosaicMethod {m_raw!r}: use esriMosaic{{None,Northwest,Center,...}}")
+    op = str(o_raw or "MT_FIRST").strip().lower().removeprefix("mt_")
+    if op not in _OPERATIONS:
+        raise _rule_bad(
+            f"mosaicOperation {o_raw!r}: use MT_FIRST, MT_LAST, MT_MIN, MT_MAX, MT_MEAN"
+        )
+    rule = _Rule(method=method, operation=op)
+    asc = obj.get("ascending", True)
+    if isinstance(asc, str) and asc.strip().lower() in ("true", "false"):
+        asc = asc.strip().lower() == "true"
+    if not isinstance(asc, bool):
+        raise _rule_bad(f"ascending {asc!r} is not true or false")
+    rule.ascending = asc
+    where = obj.get("where") or ""
+    if not isinstance(where, str):
+        raise _rule_bad("where must be a string")
+    rule.where = where
+    if method == "attribute":
+        sort_field = obj.get("sortfield")
+        if not isinstance(sort_field, str) or not sort_field.strip():
+            raise _rule_bad("esriMosaicAttribute needs a sortField")
+        rule.sort_field, rule.sort_value = sort_field.strip(), obj.get("sortvalue")
+    if method == "lockraster":
+        lock = obj.get("lockrasterids")
+        if (
+            not isinstance(lock, list)
+            or not lock
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in lock)
+        ):
+            raise _rule_bad("esriMosaicLockRaster needs lockRasterIds: a list of ObjectIDs")
+        rule.lock_ids = list(lock)
+    return rule
+
+
+def _epoch_ms(v: Any) -> float:
+    if isinstance(v, datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp() * 1000.0
+    if isinstance(v, date):
+        return datetime(v.year, v.month, v.day, tzinfo=UTC).timestamp() * 1000.0
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+        try:
+            return _epoch_ms(datetime.fromisoformat(v.strip().replace("Z", "+00:00")))
+        except ValueError:
+            raise _rule_bad(f"sortValue {v!r} is not a number or a date") from None
+    return float(v)
+
+
+def _attribute_key(col: pa.ChunkedArray, value: Any, name: str) -> np.ndarray:
+    typ = col.type
+    is_time = pa.types.is_timestamp(typ) or pa.types.is_date(typ)
+    if not (is_time or pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        raise _rule_bad(f"sortField {name!r} is not a number or date field")
+    conv = _epoch_ms if is_time else float
+    vals = np.array([math.nan if v is None else conv(v) for v in col.to_pylist()], "float64")
+    if value is None:
+        return vals
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _rule_bad(f"sortValue {value!r} is not a number or a date")
+    try:
+        target = _epoch_ms(value) if is_time else float(value)
+    except ValueError:
+        raise _rule_bad(f"sortValue {value!r} is not a number") from None
+    return np.abs(vals - target)
+
+
+def _ordering(table: pa.Table, rule: _Rule, bbox: tuple[float, float, float, float]) -> list[int]:
+    """Row indices of ``table`` (ObjectID order) in mosaic order; ties keep ObjectID order."""
+    if rule.method == "lockraster":
+        pos = {int(o): i for i, o in enumerate(table["ObjectID"].to_pylist())}
+        picked: list[int] = []
+        for oid in rule.lock_ids:
+            if oid in pos and pos[oid] not in picked:
+                picked.append(pos[oid])
+        return picked
+    if rule.method in ("northwest", "center"):
+        xmin, ymin, xmax, ymax = bbox
+        tx, ty = (
+            (xmin, ymax) if rule.method == "northwest" else ((xmin + xmax) / 2, (ymin + ymax) / 2)
+        )
+        cx = np.asarray(table["CenterX"].to_pylist(), dtype="float64")
+        cy = np.asarray(table["CenterY"].to_pylist(), dtype="float64")
+        key = np.hypot(cx - tx, cy - ty)
+    elif rule.method == "attribute":
+        name = _resolve(str(rule.sort_field), table.column_names)
+        key = _attribute_key(table[name], rule.sort_value, name)
+        if not rule.ascending:
+            key = -key
+    else:
+        return list(range(table.num_rows))
+    key = np.where(np.isnan(key), np.inf, key)  # images without the attribute go last
+    return [int(i) for i in np.argsort(key, kind="stable")]
 
 
 def _transform_of(ds: Any) -> tuple[float, ...]:
