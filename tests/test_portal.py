@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from affine import Affine
 from fastapi import FastAPI
 
@@ -23,6 +16,7 @@ from engine.request import InputRasters
 from engine.server import portal
 from engine.sources import ItemResolver, resolve_sources
 from tests.conftest import write_raster
+from tests.loopback import serve
 
 PORTAL = "/portal/sharing/rest"
 
@@ -178,34 +172,6 @@ def test_resolve_sources_through_registry(registry: ItemRegistry, rasters: list[
 
 
 # -- routes over real HTTP ---------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[httpx.Client]:
-    """Run ``app`` on a free loopback port; yield an httpx client bound to it."""
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _app(registry: ItemRegistry | None, token: str | None = None) -> FastAPI:

@@ -8,7 +8,6 @@ raster store. The server process is started and stopped by the test.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 
@@ -17,15 +16,10 @@ import pytest
 from affine import Affine
 
 from tests.conftest import write_raster
+from tests.loopback import free_port, serve_command
 from tests.test_cli import _script
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -41,37 +35,11 @@ def server(tmp_path):
         nodata=0,
     )
     (tmp_path / "token").write_text("tok\n")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            _script(),
-            "serve",
-            "--root",
-            str(tmp_path / "store"),
-            "--port",
-            str(port),
-            "--data-store",
-            f"imagery={data}",
-            "--token-file",
-            str(tmp_path / "token"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    for _ in range(200):
-        try:
-            http.get("/arcgis/rest/info?f=json")
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.1)
-    yield http, tmp_path
-    http.close()
-    proc.terminate()
-    proc.wait(timeout=30)
+    port = free_port()
+    args = [_script(), "serve", "--root", str(tmp_path / "store"), "--port", str(port)]
+    args += ["--data-store", f"imagery={data}", "--token-file", str(tmp_path / "token")]
+    with serve_command(args, f"http://127.0.0.1:{port}") as http:
+        yield http, tmp_path
 
 
 def submit(http, uris, name="served"):
@@ -205,39 +173,11 @@ def test_https_with_tls_cert_and_key(tmp_path):
         capture_output=True,
         timeout=60,
     )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            _script(),
-            "serve",
-            "--root",
-            str(tmp_path / "store"),
-            "--port",
-            str(port),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        with httpx.Client(
-            base_url=f"https://127.0.0.1:{port}", verify=str(cert), timeout=10
-        ) as http:
-            for _ in range(200):
-                try:
-                    info = http.get("/arcgis/rest/info", params={"f": "json"}).json()
-                    break
-                except httpx.TransportError:
-                    if proc.poll() is not None:
-                        pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-                    time.sleep(0.1)
-            assert info["currentVersion"] == 11.3
+    port = free_port()
+    args = [_script(), "serve", "--root", str(tmp_path / "store"), "--port", str(port)]
+    args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    with serve_command(args, f"https://127.0.0.1:{port}", verify=str(cert)) as http:
+        info = http.get("/arcgis/rest/info", params={"f": "json"}).json()
+        assert info["currentVersion"] == 11.3
         with pytest.raises(httpx.TransportError):  # plain http is not served on that port
             httpx.get(f"http://127.0.0.1:{port}/arcgis/rest/info", timeout=5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

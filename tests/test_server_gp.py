@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from affine import Affine
 
 from engine.jobs import EXECUTING, JobStore
 from engine.request import parse_request
 from engine.server import create_app
 from tests.conftest import write_raster
+from tests.loopback import serve
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
 
@@ -34,35 +30,6 @@ def _raster(d: Path, name: str, seed: int) -> Path:
         nodata=0,
         seed=seed,
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[httpx.Client]:
-    """Run ``app`` on a free loopback port; yield an httpx client bound to it."""
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        with httpx.Client(base_url=base, timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _params(uris: list[str], **over: Any) -> dict[str, str]:

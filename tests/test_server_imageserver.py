@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import uvicorn
 from affine import Affine
 from fastapi import FastAPI
 from rasterio.io import MemoryFile
@@ -21,6 +17,7 @@ from rasterio.io import MemoryFile
 from engine import create_image_collection, open_collection
 from engine.server import imageserver
 from tests.conftest import write_raster
+from tests.loopback import serve
 
 BASE = "/arcgis/rest/services/Hosted/demo/ImageServer"
 X0, Y0 = 1_000_000.0, 6_000_000.0
@@ -53,22 +50,8 @@ def http(collection):
     imageserver.configure(collection)
     app = FastAPI()
     app.include_router(imageserver.router)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+    with serve(app) as c:
         yield c
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
 
 
 def q(http, **params):
