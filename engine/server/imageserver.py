@@ -317,28 +317,28 @@ def _to_arcgis_error(exc: Exception) -> ArcGISError:
     return ArcGISError(500, "Unable to complete operation", [f"{type(exc).__name__}: {exc}"])
 
 
-@router.api_route(PREFIX, methods=["GET", "POST"])
-async def image_server(name: str, request: Request) -> Response:
+async def _answer(
+    request: Request, work: Callable[[Mapping[str, str]], dict[str, Any]], title: str
+) -> Response:
+    """Read the parameters, run ``work`` off the event loop, render its JSON or error."""
     params = await _params(request)
     f = (params.get("f") or "html").lower()
     try:
         f = _format(params, ("json", "pjson", "html"))
-        descriptor = await run_in_threadpool(lambda: _collection(name).descriptor)
+        result = await run_in_threadpool(work, params)
     except Exception as exc:
         return _error_response(_to_arcgis_error(exc), f)
-    return _render(descriptor, f, f"{name} (ImageServer)")
+    return _render(result, f, title)
+
+
+@router.api_route(PREFIX, methods=["GET", "POST"])
+async def image_server(name: str, request: Request) -> Response:
+    return await _answer(request, lambda p: _collection(name).descriptor, f"{name} (ImageServer)")
 
 
 @router.api_route(PREFIX + "/query", methods=["GET", "POST"])
 async def query(name: str, request: Request) -> Response:
-    params = await _params(request)
-    f = (params.get("f") or "html").lower()
-    try:
-        f = _format(params, ("json", "pjson", "html"))
-        result = await run_in_threadpool(_query, name, params)
-    except Exception as exc:
-        return _error_response(_to_arcgis_error(exc), f)
-    return _render(result, f, f"Query: {name} (ImageServer)")
+    return await _answer(request, lambda p: _query(name, p), f"Query: {name} (ImageServer)")
 
 
 @router.api_route(PREFIX + "/exportImage", methods=["GET", "POST"])
