@@ -14,8 +14,7 @@ descriptor's extents, pixel sizes and fields always match ``catalog.parquet``:
   ``esriImageServiceDataTypeGeneric`` otherwise.
 * ``fields``: ArcGIS field JSON for the scalar catalog columns (list/struct columns are
   not queryable ArcGIS fields and are left out; the footprint is the geometry field).
-* ``spatialReference``: ``engine.spatialref.to_esri_spatial_reference`` when that module
-  exists, else the local :func:`_esri_sr`.
+* ``spatialReference``: ``engine.spatialref.to_esri_spatial_reference``.
 * ``noDataValue``: the images' common nodata (null when they differ, have none, or it
   is NaN, which JSON cannot carry).
 """
@@ -40,6 +39,7 @@ from engine.catalog import (
     record_bounds,
 )
 from engine.records import BandStats, CollectionInfo, ImageRecord
+from engine.spatialref import to_esri_spatial_reference
 from engine.store import atomic_write
 
 CURRENT_VERSION = 11.3
@@ -66,35 +66,6 @@ _PIXEL_TYPES = {
 
 
 # -- spatial references ---------------------------------------------------------------------
-def _esri_sr(crs: object) -> dict[str, Any]:
-    """Esri spatial reference JSON of a CRS: ``{wkid, latestWkid}`` or ``{wkt}``.
-
-    Web Mercator gets ArcGIS's ``{"wkid": 102100, "latestWkid": 3857}``.
-    """
-    crs = CRS.from_user_input(crs)
-    epsg = crs.to_epsg()
-    if epsg == 3857:
-        return {"wkid": 102100, "latestWkid": 3857}
-    if epsg:
-        return {"wkid": epsg, "latestWkid": epsg}
-    esri = crs.to_authority("ESRI")
-    if esri:
-        return {"wkid": int(esri[1]), "latestWkid": int(esri[1])}
-    try:
-        return {"wkt": crs.to_wkt("WKT1_ESRI")}
-    except Exception:  # pyproj cannot express every CRS in WKT1
-        return {"wkt": crs.to_wkt()}
-
-
-def esri_spatial_reference(crs: object) -> dict[str, Any]:
-    """The shared converter of engine.spatialref when present, else :func:`_esri_sr`."""
-    try:
-        from engine.spatialref import to_esri_spatial_reference
-    except ImportError:
-        return _esri_sr(crs)
-    return dict(to_esri_spatial_reference(crs))
-
-
 # -- pieces -----------------------------------------------------------------------------------
 def pixel_type(dtypes: list[str]) -> str:
     """ArcGIS pixel type of the widest of ``dtypes`` (``["uint8", "float32"]`` → ``"F32"``)."""
@@ -233,7 +204,7 @@ def build_descriptor(
     {'wkid': 32633, 'latestWkid': 32633}
     """
     complete = [r for r in records if r.status == "complete"]
-    sr = esri_spatial_reference(CRS.from_wkt(info.crs_wkt))
+    sr = to_esri_spatial_reference(CRS.from_wkt(info.crs_wkt))
     bounds = [b for b in (record_bounds(r) for r in complete) if b is not None]
     extent = _extent(bounds, sr, info)
 

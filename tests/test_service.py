@@ -15,12 +15,11 @@ from engine.catalog import read_catalog, write_catalog
 from engine.grid import Grid
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.service import (
-    _esri_sr,
     build_descriptor,
-    esri_spatial_reference,
     pixel_type,
     write_descriptor,
 )
+from engine.spatialref import to_esri_spatial_reference
 
 
 def _record(image_id, grid, arrays, *, dtype="uint8", status="complete", **kw) -> ImageRecord:
@@ -76,7 +75,7 @@ def test_extents_match_catalog(tmp_path, collection):
     expected = {"xmin": 499500.0, "ymin": 3998600.0, "xmax": 501500.0, "ymax": 4000000.0}
     for key in ("extent", "initialExtent", "fullExtent"):
         assert {k: d[key][k] for k in expected} == expected
-        assert d[key]["spatialReference"] == esri_spatial_reference(CRS.from_epsg(32633))
+        assert d[key]["spatialReference"] == to_esri_spatial_reference(CRS.from_epsg(32633))
     # same numbers as the catalog's complete rows (the failed image does not count)
     write_catalog(tmp_path / "catalog.parquet", records, info)
     t = read_catalog(tmp_path / "catalog.parquet").to_pylist()
@@ -156,10 +155,10 @@ def test_pixel_type(dtypes, expected):
 
 
 def test_esri_spatial_reference():
-    assert _esri_sr(CRS.from_epsg(3857)) == {"wkid": 102100, "latestWkid": 3857}
-    assert _esri_sr("EPSG:32633") == {"wkid": 32633, "latestWkid": 32633}
+    assert to_esri_spatial_reference(CRS.from_epsg(3857)) == {"wkid": 102100, "latestWkid": 3857}
+    assert to_esri_spatial_reference("EPSG:32633") == {"wkid": 32633, "latestWkid": 32633}
     custom = CRS.from_proj4("+proj=stere +lat_0=-90 +lat_ts=-71 +lon_0=10 +datum=WGS84 +units=m")
-    sr = _esri_sr(custom)
+    sr = to_esri_spatial_reference(custom)
     assert set(sr) == {"wkt"} and "Stereographic" in sr["wkt"]
 
 
