@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from pyproj import CRS
 
 from engine.collection import Collection, open_collection
-from engine.server.arcgis import ArcGISError
+from engine.server.arcgis import ArcGISError, read_params
 from engine.spatialref import parse_spatial_reference
 
 PREFIX = "/arcgis/rest/services/Hosted/{name}/ImageServer"
@@ -68,15 +68,7 @@ def _error_response(err: ArcGISError, f: str) -> Response:
 
 async def _params(request: Request) -> dict[str, str]:
     """Query-string and form parameters, keys lower-cased (ArcGIS reads them so)."""
-    out = {k.lower(): v for k, v in request.query_params.items()}
-    if request.method == "POST":
-        ctype = request.headers.get("content-type", "")
-        if "form" in ctype:
-            form = await request.form()
-            for k, v in form.items():
-                if isinstance(v, str):
-                    out[k.lower()] = v
-    return out
+    return {k.lower(): v for k, v in (await read_params(request)).items()}
 
 
 def _format(params: Mapping[str, str], allowed: tuple[str, ...], default: str = "html") -> str:
