@@ -16,7 +16,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -168,7 +168,7 @@ def run_request(
     apply_gdal_env()
     path, name = resolve_store(request)
     refs = sources if sources is not None else resolve_sources(request.input_rasters)
-    probed, failed = probe_all(refs, request.raster_type.name)
+    probed, failed = probe_all(refs, request.raster_type.name, request.raster_type.parameters)
     existing = _existing_collection(path, request)
     _report(progress, stage="probed", images=len(probed), failed=len(failed))
 
@@ -357,22 +357,35 @@ def _clip(request: CreateRequest) -> tuple[shapely.Geometry | None, Any]:
 # -- probing -----------------------------------------------------------------------------
 
 
-def probe_all(refs: list[Any], raster_type: str) -> tuple[list[ImageSource], list[ImageRecord]]:
+def probe_all(
+    refs: list[Any], raster_type: str, params: Mapping[str, Any] | None = None
+) -> tuple[list[ImageSource], list[ImageRecord]]:
     """Probe every source (metadata only, in a small thread pool: it is I/O bound)."""
     rtype = get_raster_type(raster_type)
+    params = params if params is not None else {}
+
+    def failure(ref: Any, exc: Exception) -> ImageRecord:
+        if isinstance(exc, ImageError):
+            return _failed_record(None, ref.uri, exc.reason, raster_type, ref.name)
+        # an unexpected failure still fails this image alone
+        return _failed_record(None, ref.uri, f"could not be read: {exc!r}", raster_type, ref.name)
 
     def one(ref: Any) -> ImageSource | ImageRecord:
         try:
-            return rtype.probe(ref.uri, ref.gdal_path, ref.name)
-        except ImageError as exc:
-            return _failed_record(None, ref.uri, exc.reason, raster_type, ref.name)
-        except Exception as exc:  # an unexpected failure still fails this image alone
-            return _failed_record(
-                None, ref.uri, f"could not be read: {exc!r}", raster_type, ref.name
-            )
+            return rtype.probe(ref.uri, ref.gdal_path, ref.name, params)
+        except Exception as exc:
+            return failure(ref, exc)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, refs))
+    results: list[ImageSource | ImageRecord]
+    if hasattr(rtype, "probe_batch"):  # types that need every frame at once (tracks, tables)
+        batch = rtype.probe_batch(refs, params)
+        results = [
+            failure(ref, r) if isinstance(r, Exception) else r
+            for ref, r in zip(refs, batch, strict=True)
+        ]
+    else:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(one, refs))
     probed = [r for r in results if isinstance(r, ImageSource)]
     failed = [r for r in results if isinstance(r, ImageRecord)]
     # Two inputs naming the same image (e.g. a path and its file:// url) ingest once.

@@ -15,6 +15,7 @@ validity mask and a digest.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,9 +140,15 @@ def warp_part(
     For the same reason the resampling scale is fixed per image (``scale``, see
     engine.plan.resampling_scale) instead of being re-estimated from each chunk's window.
     """
+    if part.georef == "camera":  # frame cameras: no GDAL transformer knows their model
+        camera_warp = importlib.import_module("graphs.camera_warp")  # built with the camera types
+        return camera_warp.warp_camera_part(  # type: ignore[no-any-return]
+            part, dst, part.resampling or resampling, dst_nodata, dtype
+        )
     ds = _dataset(part.path)
     if (
         fast_origin is not None
+        and not part.warp_options
         and scale
         and dst_nodata is not None
         and part.georef == "transform"
@@ -156,6 +163,7 @@ def warp_part(
     return gdal_warp(
         ds, dst, part.resampling or resampling, bands=part.band_indexes, src_nodata=part.nodata,
         dst_nodata=dst_nodata, dtype=dtype, scale=scale, tolerance=tolerance,
+        options=dict(part.warp_options),
     )  # fmt: skip
 
 
@@ -176,6 +184,7 @@ def gdal_warp(
     dtype: str | None = None,
     scale: tuple[float, float] | None = None,
     tolerance: float = EXACT_TOLERANCE,
+    options: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """GDAL's warp of ``bands`` of ``ds`` onto ``dst``, and its coverage when ``dst_nodata``
     is None (GDAL's alpha band; the source's own alpha when it has one).
@@ -183,10 +192,12 @@ def gdal_warp(
     This one call is both mosaicflow's GDAL path for a chunk and, given a whole image grid,
     the reference the tests and benchmarks compare chunked output with: a WarpedVRT shaped
     like ``dst``, the transformer error threshold ``tolerance`` and the resampling scale
-    ``scale`` (GDAL's XSCALE/YSCALE) fixed.
+    ``scale`` (GDAL's XSCALE/YSCALE) fixed. ``options`` are further GDAL warp and
+    transformer options (RPC_HEIGHT, RPC_DEM, ...).
     """
     bands = list(bands) if bands is not None else list(range(1, ds.count + 1))
     extras = {"XSCALE": repr(scale[0]), "YSCALE": repr(scale[1])} if scale else {}
+    extras.update(options or {})
     # a source with its own alpha band gets a destination alpha from GDAL already
     own_alpha = any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums)
     with WarpedVRT(

@@ -1,6 +1,9 @@
 """Raster types: how a source reference becomes an :class:`ImageSource`.
 
-Each type module exposes ``NAME`` and ``probe(uri, gdal_path, name) -> ImageSource``.
+Each type module exposes ``NAME`` and ``probe(uri, gdal_path, name, params) -> ImageSource``
+(``params`` the request's rasterTypeParameters, a case-insensitive mapping); a type that needs
+the whole batch at once (camera tracks, GPS tables) exposes instead
+``probe_batch(refs, params) -> list[ImageSource | ImageError]``, one result per source ref.
 The registry maps the canonical ``rasterTypeName`` of SPEC §1 to its module; the satellite
 and camera types register here as they are built.
 """

@@ -23,7 +23,8 @@ class SourcePart:
     """Some bands of one GDAL dataset, warped together.
 
     ``georef`` is "transform" (an affine geotransform), "gcps" or "rpcs": the kernel hands
-    GDAL the dataset itself, and GDAL's transformer follows the dataset's own georeferencing.
+    GDAL the dataset itself, and GDAL's transformer follows the dataset's own georeferencing
+    (with ``warp_options``); "camera" frames carry their projection model in ``model``.
     """
 
     path: str
@@ -34,6 +35,10 @@ class SourcePart:
     nodata: float | None
     georef: str = "transform"
     resampling: str | None = None  # per-part override (e.g. "nearest" for QA bands)
+    # extra GDAL warp/transformer options (e.g. RPC_HEIGHT, RPC_DEM for georef "rpcs")
+    warp_options: tuple[tuple[str, str], ...] = ()
+    # a picklable geometric model for georef "camera" (frame cameras), see graphs.chunk.warp_part
+    model: Any = None
 
 
 @dataclass

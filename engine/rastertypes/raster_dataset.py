@@ -8,6 +8,8 @@ types, frames without any to the camera types.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import rasterio
 from affine import Affine
@@ -44,7 +46,9 @@ def open_dataset(uri: str, gdal_path: str) -> rasterio.DatasetReader:
         ) from None
 
 
-def probe(uri: str, gdal_path: str, name: str) -> ImageSource:
+def probe(
+    uri: str, gdal_path: str, name: str, params: Mapping[str, Any] | None = None
+) -> ImageSource:
     """Describe one raster file as an :class:`ImageSource` without reading pixels."""
     with open_dataset(uri, gdal_path) as ds:
         if ds.count == 0:
