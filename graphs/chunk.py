@@ -142,7 +142,7 @@ def warp_part(
     """
     if part.georef == "camera":  # frame cameras: no GDAL transformer knows their model
         camera_warp = importlib.import_module("graphs.camera_warp")  # built with the camera types
-        return camera_warp.warp_camera_part(  # type: ignore[no-any-return]
+        return camera_warp.warp_camera_part(
             part, dst, part.resampling or resampling, dst_nodata, dtype
         )
     ds = _dataset(part.path)
