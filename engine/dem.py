@@ -77,7 +77,7 @@ def terrain_from_params(
 
 
 def _dem_path(dem: Any, items: Any) -> str:
-    from engine.request import InputRasters
+    from engine.request import InputKind, InputRasters
     from engine.sources import resolve_sources
 
     param = "rasterType.rasterTypeParameters.dem"
@@ -86,9 +86,17 @@ def _dem_path(dem: Any, items: Any) -> str:
     if not isinstance(dem, Mapping):
         raise RequestError(param, dem, "is not a DEM reference", _DEM_FIX)
     keys = {str(k).lower(): v for k, v in dem.items()}
-    for key, kind in (("uri", "uris"), ("url", "urls"), ("itemid", "itemIds")):
+    kinds: tuple[tuple[str, InputKind], ...] = (
+        ("uri", "uris"),
+        ("url", "urls"),
+        ("itemid", "itemIds"),
+    )
+    for key, kind in kinds:
         if keys.get(key):
-            refs = resolve_sources(InputRasters(kind, (str(keys[key]),)), items=items)
+            try:
+                refs = resolve_sources(InputRasters(kind, (str(keys[key]),)), items=items)
+            except RequestError as exc:
+                raise RequestError(param, dem, exc.problem, exc.fix) from None
             if len(refs) != 1:
                 raise RequestError(
                     param, dem, f"names {len(refs)} rasters", "Give exactly one DEM raster"
