@@ -36,7 +36,7 @@ from engine import catalog, footprint, service, stac, store
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
 from engine.plan import ImagePlan, Plan, plan_collection
-from engine.rastertypes import ImageSource, get_raster_type
+from engine.rastertypes import ImageSource, get_raster_type, source_patterns
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 from engine.sources import resolve_sources
@@ -167,7 +167,13 @@ def run_request(
     get_raster_type(request.raster_type.name)  # refuse a raster type not built yet, first
     apply_gdal_env()
     path, name = resolve_store(request)
-    refs = sources if sources is not None else resolve_sources(request.input_rasters)
+    refs = (
+        sources
+        if sources is not None
+        else resolve_sources(
+            request.input_rasters, patterns=source_patterns(request.raster_type.name)
+        )
+    )
     probed, failed = probe_all(refs, request.raster_type.name, request.raster_type.parameters)
     existing = _existing_collection(path, request)
     _report(progress, stage="probed", images=len(probed), failed=len(failed))

@@ -4,6 +4,8 @@ Each type module exposes ``NAME`` and ``probe(uri, gdal_path, name, params) -> I
 (``params`` the request's rasterTypeParameters, a case-insensitive mapping); a type that needs
 the whole batch at once (camera tracks, GPS tables) exposes instead
 ``probe_batch(refs, params) -> list[ImageSource | ImageError]``, one result per source ref.
+A type whose products are found in directories by file name (``*_MTL.txt``) sets
+``PATTERNS``, the globs :func:`engine.sources.resolve_sources` keeps from a directory walk.
 The registry maps the canonical ``rasterTypeName`` of SPEC §1 to its module; the satellite
 and camera types register here as they are built.
 """
@@ -32,4 +34,17 @@ def get_raster_type(name: str) -> ModuleType:
         ) from None
 
 
-__all__ = ["REGISTRY", "ImageSource", "SourcePart", "get_raster_type", "image_id_for"]
+def source_patterns(name: str) -> tuple[str, ...] | None:
+    """The file-name globs raster type ``name`` wants from directories (None: any raster)."""
+    patterns = getattr(REGISTRY.get(name), "PATTERNS", None)
+    return tuple(patterns) if patterns else None
+
+
+__all__ = [
+    "REGISTRY",
+    "ImageSource",
+    "SourcePart",
+    "get_raster_type",
+    "image_id_for",
+    "source_patterns",
+]

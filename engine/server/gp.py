@@ -19,6 +19,7 @@ from engine.errors import RequestError
 from engine.ingest import IngestResult, run_request
 from engine.items import ItemRegistry
 from engine.jobs import SUCCEEDED, JobRunner, JobStore, item_id
+from engine.rastertypes import source_patterns
 from engine.request import RASTER_TYPES, CreateRequest, parse_request
 from engine.server.arcgis import ArcGISError, respond
 from engine.sources import resolve_sources
@@ -46,7 +47,10 @@ class ServerState:
         if self.data_stores is None and not by_item:
             return None
         return resolve_sources(
-            request.input_rasters, data_stores=self.data_stores, items=self.items
+            request.input_rasters,
+            data_stores=self.data_stores,
+            items=self.items,
+            patterns=source_patterns(request.raster_type.name),
         )
 
     def job_runner(self) -> JobRunner:
