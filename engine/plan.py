@@ -105,13 +105,30 @@ def resolve_cell_size(sources: list[ImageSource], crs: CRS, cell_size: object) -
 def image_footprint(src: ImageSource, crs: CRS) -> shapely.Geometry:
     """The image's outline in the collection CRS, densified, buffered by a hair against
     densification error so no chunk that holds data is dropped."""
-    fp = src.finest_part.grid.footprint_in(crs, _FOOTPRINT_POINTS)
+    if src.footprint is not None:  # an exact outline (camera frames), densified then moved
+        fp = _outline_in(src.footprint, src.finest_part.grid.crs, crs)
+    else:
+        fp = src.finest_part.grid.footprint_in(crs, _FOOTPRINT_POINTS)
     if fp.is_empty:
         raise ImageError(
             src.source_uris[0],
             f"its footprint cannot be expressed in the collection CRS {crs.name}",
         )
     return fp
+
+
+def _outline_in(geom: shapely.Geometry, src_crs: CRS, crs: CRS) -> shapely.Geometry:
+    """``geom`` (in ``src_crs``) in ``crs``, its edges densified first so they bend right."""
+    if src_crs == crs:
+        return geom
+    from pyproj import Transformer
+
+    left, bottom, right, top = geom.bounds
+    step = max(right - left, top - bottom) / _FOOTPRINT_POINTS
+    dense = shapely.segmentize(geom, step) if step > 0 else geom
+    tr = Transformer.from_crs(src_crs, crs, always_xy=True)
+    moved = shapely.transform(dense, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    return moved if moved.is_valid else shapely.make_valid(moved)
 
 
 def chunk_boxes(grid: Grid, tile: int) -> tuple[list[tuple[int, int]], np.ndarray]:

@@ -59,6 +59,9 @@ class ImageSource:
     sun_azimuth: float | None = None
     scale_offsets: list[tuple[float, float] | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the exact ground outline (shapely, in finest_part.grid.crs) when the grid's own
+    # outline is not it (camera frames); the planner uses it for the image's footprint
+    footprint: Any = None
 
     @property
     def band_names(self) -> list[str]:
