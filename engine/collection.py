@@ -10,9 +10,11 @@ from typing import Any
 
 import pyarrow as pa
 import xarray as xr
+from pyproj import CRS
 
 from engine import catalog, store
 from engine.errors import StoreError
+from engine.mosaic import ImageIndex
 from engine.records import CollectionInfo
 
 
@@ -41,6 +43,11 @@ class Collection:
                 f"{self.path} has no catalog.parquet: the collection was never finished"
             )
         return catalog.read_catalog(path)
+
+    @cached_property
+    def mosaic_index(self) -> ImageIndex:
+        """The store's image arrays opened for mosaics (:mod:`engine.mosaic`), cached."""
+        return ImageIndex(self.path, CRS.from_wkt(self.info.crs_wkt))
 
     @cached_property
     def descriptor(self) -> dict[str, Any]:

@@ -57,7 +57,8 @@ from engine.server.imageserver_common import (
     configure,
     router,
 )
-from engine.server.imageserver_export import _encode, _export
+from engine.server.imageserver_encode import encode
+from engine.server.imageserver_export import _export
 from engine.server.imageserver_where import _resolve, _where_mask, parse_where
 from engine.spatialref import parse_spatial_reference, to_esri_spatial_reference
 
@@ -349,7 +350,7 @@ async def export_image(name: str, request: Request) -> Response:
         f = _format(params, ("json", "pjson", "html", "image"))
         img = await run_in_threadpool(_export, name, params)
         if f == "image":
-            data, media = await run_in_threadpool(_encode, img)
+            data, media = await run_in_threadpool(encode, img)
             return Response(data, media_type=media)
     except Exception as exc:
         return _error_response(_to_arcgis_error(exc), f)

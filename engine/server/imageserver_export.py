@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from affine import Affine
 from pyproj import CRS
 
+from engine import mosaic
 from engine.geometry import Region
+from engine.grid import Grid
 from engine.server.arcgis import ArcGISError
 from engine.server.imageserver_common import (
     _bad,
@@ -40,13 +43,34 @@ _PIXEL_TYPES = {
 }
 
 
+# ArcGIS interpolation names → GDAL resampling
+_INTERPOLATIONS = {
+    "RSP_NearestNeighbor": "nearest",
+    "RSP_BilinearInterpolation": "bilinear",
+    "RSP_CubicConvolution": "cubic",
+    "RSP_Majority": "mode",
+}
+# display formats carry 8-bit pixels; png and tiff carry the data as it is
+FORMATS = ("jpgpng", "png", "png8", "png24", "png32", "jpg", "tiff")
+_FORMAT_ALIASES = {"tif": "tiff", "geotiff": "tiff", "jpeg": "jpg"}
+
+
 @dataclass
 class _Export:
-    data: np.ndarray  # (bands, h, w)
-    bbox: tuple[float, float, float, float]
-    crs: CRS
+    data: np.ndarray  # (bands, h, w) of the output pixel type, nodata where not valid
+    valid: np.ndarray  # (h, w)
+    grid: Grid
     nodata: float
     fmt: str
+    stretch: list[tuple[float, float]]  # per output band (min, max) for the display formats
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return self.grid.bounds
+
+    @property
+    def crs(self) -> CRS:
+        return self.grid.crs
 
 
 def _numbers(raw: str, n: int, what: str) -> list[float]:
@@ -59,10 +83,8 @@ def _numbers(raw: str, n: int, what: str) -> list[float]:
     return nums
 
 
-def _export(name: str, params: Mapping[str, str]) -> _Export:
-    coll = _collection(name)
-    d = coll.descriptor
-    crs = _collection_crs(coll)
+def _bbox(params: Mapping[str, str], service_crs: CRS) -> tuple[list[float], CRS]:
+    """The request's bbox and the CRS it is in (bboxSR, the envelope's own, or the service's)."""
     raw_bbox = (params.get("bbox") or "").strip()
     if not raw_bbox:
         raise _bad("Invalid bbox", "bbox is required: xmin,ymin,xmax,ymax")
@@ -75,20 +97,28 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         sr = env.get("spatialReference")
     else:
         nums, sr = _numbers(raw_bbox, 4, "bbox"), None
-    xmin, ymin, xmax, ymax = nums
-    if not (xmin < xmax and ymin < ymax):
+    if not (nums[0] < nums[2] and nums[1] < nums[3]):
         raise _bad("Invalid bbox", "needs xmin < xmax and ymin < ymax")
     bbox_sr = (params.get("bboxsr") or "").strip()
-    bcrs = (
-        parse_spatial_reference(bbox_sr, "bboxSR")
-        if bbox_sr
-        else (parse_spatial_reference(sr, "bbox.spatialReference") if sr else crs)
-    )
+    if bbox_sr:
+        return nums, parse_spatial_reference(bbox_sr, "bboxSR")
+    if sr:
+        return nums, parse_spatial_reference(sr, "bbox.spatialReference")
+    return nums, service_crs
+
+
+def _output_grid(params: Mapping[str, str], service_crs: CRS, d: Mapping[str, Any]) -> Grid:
+    """The exported image's grid: ``bbox`` brought into ``imageSR``, ``size`` pixels."""
+    nums, bcrs = _bbox(params, service_crs)
     image_sr = (params.get("imagesr") or "").strip()
-    if image_sr and parse_spatial_reference(image_sr, "imageSR") != crs:
-        raise _bad("Unsupported imageSR", "only the service's spatial reference is supported")
-    if bcrs != crs:
-        xmin, ymin, xmax, ymax = Region.from_bounds(nums, bcrs).to_crs(crs).bounds
+    icrs = parse_spatial_reference(image_sr, "imageSR") if image_sr else service_crs
+    if bcrs != icrs:
+        try:
+            nums = list(Region.from_bounds(nums, bcrs).to_crs(icrs).bounds)
+        except Exception as exc:
+            raise _bad("Invalid bbox", f"cannot bring the bbox into imageSR: {exc}") from None
+        if not all(math.isfinite(v) for v in nums):
+            raise _bad("Invalid bbox", "the bbox has no position in imageSR")
     w, h = (int(v) for v in _numbers(params.get("size") or "400,400", 2, "size"))
     if w <= 0 or h <= 0:
         raise _bad("Invalid size", "width and height must be positive")
@@ -98,24 +128,54 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
             "Requested image exceeds the size limit",
             f"{w}x{h} is larger than maxImageWidth x maxImageHeight ({mw}x{mh})",
         )
-    fmt = (params.get("format") or "png").strip().lower()
-    if fmt in ("tif", "geotiff"):
-        fmt = "tiff"
-    if fmt not in ("png", "tiff"):
-        raise _bad("Unsupported format", f"format {fmt!r}: use png or tiff")
+    xmin, ymin, xmax, ymax = nums
+    transform = Affine((xmax - xmin) / w, 0.0, xmin, 0.0, -(ymax - ymin) / h, ymax)
+    return Grid(icrs, transform, (h, w))
+
+
+def _interpolation(params: Mapping[str, str]) -> str:
+    raw = (params.get("interpolation") or "").strip()
+    if not raw:
+        return "nearest"
+    for name, resampling in _INTERPOLATIONS.items():
+        if raw.lower() == name.lower():
+            return resampling
+    raise _bad("Invalid interpolation", f"{raw!r}: use one of {', '.join(_INTERPOLATIONS)}")
+
+
+def _band_ids(params: Mapping[str, str], band_names: list[str]) -> list[int]:
+    raw_bands = (params.get("bandids") or "").strip()
+    if not raw_bands:
+        return list(range(len(band_names)))
+    try:
+        band_ids = [int(b) for b in re.split(r"[,\s]+", raw_bands) if b]
+    except ValueError:
+        raise _bad("Invalid bandIds", f"{raw_bands!r}: give zero-based integers") from None
+    if not band_ids or any(b < 0 or b >= len(band_names) for b in band_ids):
+        raise _bad("Invalid bandIds", f"band ids run from 0 to {len(band_names) - 1}")
+    return band_ids
+
+
+def _export(name: str, params: Mapping[str, str]) -> _Export:
+    coll = _collection(name)
+    d = coll.descriptor
+    crs = _collection_crs(coll)
+    grid = _output_grid(params, crs, d)
+    resampling = _interpolation(params)
+    fmt = (params.get("format") or "jpgpng").strip().lower()
+    fmt = _FORMAT_ALIASES.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise _bad("Unsupported format", f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     nbands = int(d.get("bandCount") or 1)
     band_names = list(d.get("bandNames") or [f"b{i + 1}" for i in range(nbands)])
-    raw_bands = (params.get("bandids") or "").strip()
-    if raw_bands:
-        try:
-            band_ids = [int(b) for b in re.split(r"[,\s]+", raw_bands) if b]
-        except ValueError:
-            raise _bad("Invalid bandIds", f"{raw_bands!r}: give zero-based integers") from None
-        if not band_ids or any(b < 0 or b >= len(band_names) for b in band_ids):
-            raise _bad("Invalid bandIds", f"band ids run from 0 to {len(band_names) - 1}")
-    else:
-        band_ids = list(range(len(band_names)))
-    dtype = np.dtype(_PIXEL_TYPES.get(str(d.get("pixelType")), "float64"))
+    band_ids = _band_ids(params, band_names)
+    service_type = str(d.get("pixelType"))
+    raw_type = (params.get("pixeltype") or "").strip().upper()
+    if raw_type and raw_type != "UNKNOWN" and raw_type not in _PIXEL_TYPES:
+        raise _bad("Invalid pixelType", f"{raw_type!r}: use one of {', '.join(_PIXEL_TYPES)}")
+    dtype = np.dtype(
+        _PIXEL_TYPES.get(raw_type or service_type, _PIXEL_TYPES.get(service_type, "float64"))
+    )
     raw_nd = (params.get("nodata") or "").strip()
     if raw_nd:
         nodata = _numbers(raw_nd, 1, "noData")[0]
@@ -123,16 +183,12 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         nd = d.get("noDataValue")
         nodata = float(nd) if nd is not None else 0.0
     if fmt == "png" and dtype not in (np.dtype("uint8"), np.dtype("uint16")):
-        raise _bad("Unsupported format", f"PNG holds 8 or 16 bit pixels, not {dtype}: use tiff")
+        raise _bad(
+            "Unsupported format",
+            f"PNG holds 8 or 16 bit pixels, not {dtype}: use format=tiff or pixelType=U8/U16",
+        )
 
     rule = _mosaic_rule(params.get("mosaicrule") or "")
-    op = rule.operation
-    out = np.zeros((len(band_ids), h, w), dtype="float64")
-    filled = np.zeros((h, w), dtype=bool)
-    count = np.zeros((h, w), dtype="int64") if op == "mean" else None
-    dx, dy = (xmax - xmin) / w, (ymax - ymin) / h
-    xs = xmin + (np.arange(w) + 0.5) * dx
-    ys = ymax - (np.arange(h) + 0.5) * dy
     table = _service_rows(coll)
     table = table.take(pc.sort_indices(table, sort_keys=[("ObjectID", "ascending")]))
     try:
@@ -141,6 +197,14 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         raise _rule_bad(f"where: {exc.message}", *exc.details) from None
     if wmask is not None:
         table = table.filter(wmask)
+    # the request's ground in the service CRS picks the images and places NW/Center
+    try:
+        area = grid.footprint_in(crs).bounds
+    except Exception:
+        area = (math.nan,) * 4
+    if not all(math.isfinite(v) for v in area):
+        raise _bad("Invalid bbox", "the requested area has no position in the service's CRS")
+    xmin, ymin, xmax, ymax = area
     hits = (
         (np.asarray(table["xmin"]) < xmax)
         & (np.asarray(table["xmax"]) > xmin)
@@ -148,61 +212,30 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         & (np.asarray(table["ymax"]) > ymin)
     )
     table = table.filter(pa.array(hits, type=pa.bool_()))
-    order = _ordering(table, rule, (xmin, ymin, xmax, ymax))
-    first = op in ("first", "last")
-    if op == "last":  # last valid wins == first valid of the reversed order
-        order = order[::-1]
+    order = _ordering(table, rule, area)
     image_ids = table["image_id"].to_pylist()
-    for idx in order:
-        if first and filled.all():
-            break
-        ds = coll.image(str(image_ids[idx]))
-        a, _b, c, _d, e, f = _transform_of(ds)
-        ny, nx = ds.sizes["y"], ds.sizes["x"]
-        cols = np.floor((xs - c) / a).astype("int64")
-        rows = np.floor((ys - f) / e).astype("int64")
-        cok = (cols >= 0) & (cols < nx)
-        rok = (rows >= 0) & (rows < ny)
-        if not cok.any() or not rok.any():
-            continue
-        c0, c1 = int(cols[cok].min()), int(cols[cok].max()) + 1
-        r0, r1 = int(rows[rok].min()), int(rows[rok].max()) + 1
-        oc, orr = np.nonzero(cok)[0], np.nonzero(rok)[0]
-        win = np.ix_(orr, oc)
-        seen = filled[win]
-        if first and seen.all():
-            continue
-        take = np.zeros(seen.shape, dtype=bool)
-        for k, b in enumerate(band_ids):
-            var = ds[band_names[b]]
-            block = np.asarray(var.isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype="float64")
-            vals = block[np.ix_(rows[orr] - r0, cols[oc] - c0)]
-            if k == 0:  # a pixel is valid where the first requested band is
-                fill = var.encoding.get("_FillValue")
-                take = np.isfinite(vals)
-                if fill is not None and not (isinstance(fill, float) and math.isnan(fill)):
-                    take &= vals != float(fill)
-                if first:
-                    take &= ~seen
-            sub = out[k][win]
-            if op == "mean":
-                sub[take] += vals[take]
-            elif op in ("min", "max"):
-                better = vals < sub if op == "min" else vals > sub
-                m = take & (~seen | better)
-                sub[m] = vals[m]
-            else:
-                sub[take] = vals[take]
-            out[k][win] = sub
-        if count is not None:
-            count[win] += take
-        filled[win] = seen | take
-    if count is not None:
-        out[:, filled] /= count[filled]
-        if dtype.kind in "iu":  # GDAL rounds integer means half up
-            out = np.floor(out + 0.5)
-    out[:, ~filled] = nodata
-    return _Export(out.astype(dtype), (xmin, ymin, xmax, ymax), crs, nodata, fmt)
+    data, valid = mosaic.render(
+        coll.mosaic_index,
+        [str(image_ids[i]) for i in order],
+        [band_names[b] for b in band_ids],
+        grid,
+        resampling=resampling,
+        operation=rule.operation,
+    )
+    if dtype.kind in "iu":  # GDAL rounds to integers half up and clips to the type's range
+        info = np.iinfo(dtype)
+        data = np.clip(np.floor(data + 0.5), info.min, info.max)
+    data[:, ~valid] = nodata
+    stretch = [_band_range(d, b) for b in band_ids]
+    return _Export(data.astype(dtype), valid, grid, nodata, fmt, stretch)
+
+
+def _band_range(d: Mapping[str, Any], band: int) -> tuple[float, float]:
+    """The service's statistics range of a band (for display formats), else (0, 255)."""
+    lo, hi = d.get("minValues") or [], d.get("maxValues") or []
+    if band < len(lo) and band < len(hi) and lo[band] is not None and hi[band] is not None:
+        return float(lo[band]), float(hi[band])
+    return 0.0, 255.0
 
 
 # -- mosaicRule -----------------------------------------------------------------------
@@ -335,37 +368,3 @@ def _ordering(table: pa.Table, rule: _Rule, bbox: tuple[float, float, float, flo
         return list(range(table.num_rows))
     key = np.where(np.isnan(key), np.inf, key)  # images without the attribute go last
     return [int(i) for i in np.argsort(key, kind="stable")]
-
-
-def _transform_of(ds: Any) -> tuple[float, ...]:
-    t = ds.attrs.get("spatial:transform")
-    if t is not None and len(t) >= 6:
-        return tuple(float(v) for v in t[:6])
-    import rioxarray  # noqa: F401  (registers the .rio accessor)
-
-    tr = ds.rio.transform()
-    return (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f)
-
-
-def _encode(img: _Export) -> tuple[bytes, str]:
-    from affine import Affine
-    from rasterio.io import MemoryFile
-
-    bands, h, w = img.data.shape
-    xmin, ymin, xmax, ymax = img.bbox
-    transform = Affine((xmax - xmin) / w, 0.0, xmin, 0.0, -(ymax - ymin) / h, ymax)
-    driver, media = ("PNG", "image/png") if img.fmt == "png" else ("GTiff", "image/tiff")
-    profile: dict[str, Any] = {
-        "driver": driver,
-        "width": w,
-        "height": h,
-        "count": bands,
-        "dtype": str(img.data.dtype),
-        "transform": transform,
-        "crs": img.crs.to_wkt(),
-        "nodata": img.nodata,
-    }
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            dst.write(img.data)
-        return mem.read(), media
