@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench clean
+.PHONY: venv demo test lint typecheck bench arcgis-env clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || (echo "mosaicflow needs Python 3.11 or newer on PATH" >&2; exit 1)
@@ -29,5 +29,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest
 
+# The ArcGIS API for Python (large) in its own environment, for tests/test_arcgis_client.py
+arcgis-env:
+	test -x .venv-arcgis/bin/python || $(PYTHON) -m venv .venv-arcgis
+	.venv-arcgis/bin/python -m pip install --quiet arcgis six
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-arcgis demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ import pytest
 from affine import Affine
 
 from tests.conftest import write_raster
-from tests.loopback import free_port, serve_command
+from tests.loopback import free_port, self_signed_cert, serve_command
 from tests.test_cli import _script
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
@@ -145,34 +145,7 @@ def test_items_add_then_an_itemids_job_becomes_an_item(server):
 
 def test_https_with_tls_cert_and_key(tmp_path):
     """ArcGIS clients insist on https: --tls-cert/--tls-key serve TLS on the same routes."""
-    import shutil
-
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a self-signed certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed_cert(tmp_path)
     port = free_port()
     args = [_script(), "serve", "--root", str(tmp_path / "store"), "--port", str(port)]
     args += ["--tls-cert", str(cert), "--tls-key", str(key)]

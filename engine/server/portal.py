@@ -152,13 +152,21 @@ async def info(request: Request) -> Response:
 @router.api_route(f"{PORTAL}/portals/self", methods=["GET", "POST"])
 async def portal_self(request: Request) -> Response:
     def handler(params: dict[str, str]) -> dict[str, Any]:
+        https = request.url.scheme == "https"
         return {
             "id": PORTAL_ID,
             "name": "mosaicflow",
+            "portalName": "mosaicflow",
             "isPortal": True,
             "portalMode": "singletenant",
             "currentVersion": VERSION,
-            "portalHostname": request.url.netloc,
+            "portalHostname": f"{request.url.netloc}/portal",
+            "allSSL": https,
+            "httpPort": request.url.port or 80,
+            "httpsPort": request.url.port or 443,
+            "supportsOAuth": False,
+            "culture": "en",
+            "units": "metric",
             "helperServices": {},
             "user": None,
         }
