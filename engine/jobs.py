@@ -33,9 +33,15 @@ CANCELLING, CANCELLED = "esriJobCancelling", "esriJobCancelled"
 INFO, WARNING, ERROR = (f"esriJobMessageType{t}" for t in ("Informative", "Warning", "Error"))
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 DEFAULT_SERVICE_URL = "http://localhost/arcgis/rest/services"
-RESTART_MESSAGE = (
-    "interrupted by a server restart; resubmit the job (complete images are kept and skipped)"
+RESUME_MESSAGE = (
+    "The server restarted while this job was executing: resuming it"
+    " (images already complete are kept and skipped)."
 )
+RESTART_MESSAGE = (
+    "interrupted by server restarts {n} times; resubmit the job"
+    " (complete images are kept and skipped)"
+)
+MAX_RESUMES = 2  # a job that keeps dying with the server (a crash loop) fails instead
 
 _STAGE_MESSAGES = {  # progress events that become Informative messages
     "probed": "Found {images} input images ({failed} could not be read).",
@@ -229,10 +235,22 @@ class JobRunner:
         return self.store.get(job_id)["status"]
 
     def recover(self) -> None:
-        """At start-up: requeue waiting jobs and fail the ones a restart cut off."""
-        for job_id in self.store.with_status(EXECUTING, CANCELLING):
-            if self.store.set_status(job_id, FAILED, (EXECUTING, CANCELLING)):
-                self.store.add_message(job_id, ERROR, RESTART_MESSAGE)
+        """At start-up: run the queued jobs, resume the ones a restart cut off.
+
+        A create is resumable (complete images are kept, the rest redone), so a job cut
+        off while executing is queued again with a Warning; after ``MAX_RESUMES`` restarts
+        it fails instead. A job cut off while cancelling is cancelled.
+        """
+        for job_id in self.store.with_status(CANCELLING):
+            if self.store.set_status(job_id, CANCELLED, (CANCELLING,)):
+                self.store.add_message(job_id, INFO, "Cancelled.")
+        for job_id in self.store.with_status(EXECUTING):
+            resumed = sum(m["description"] == RESUME_MESSAGE for m in self.store.messages(job_id))
+            if resumed >= MAX_RESUMES:
+                if self.store.set_status(job_id, FAILED, (EXECUTING,)):
+                    self.store.add_message(job_id, ERROR, RESTART_MESSAGE.format(n=resumed + 1))
+            elif self.store.set_status(job_id, SUBMITTED, (EXECUTING,)):
+                self.store.add_message(job_id, WARNING, RESUME_MESSAGE)
         for job_id in self.store.with_status(SUBMITTED, WAITING):
             try:
                 request = parse_request(self.store.get(job_id)["request"])

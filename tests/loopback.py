@@ -48,10 +48,14 @@ def serve(app: Any) -> Iterator[httpx.Client]:
 
 @contextmanager
 def serve_command(args: list[str], base_url: str, verify: Any = True) -> Iterator[httpx.Client]:
-    """Start a server command, wait until ``base_url`` answers, stop it afterwards."""
+    """Start a server command, wait until ``base_url`` answers, stop it afterwards.
+
+    The client's ``server_process`` attribute is the command's process (tests kill it).
+    """
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=base_url, verify=verify, timeout=30) as http:
+            http.server_process = proc  # type: ignore[attr-defined]
             for _ in range(200):
                 try:
                     http.get("/arcgis/rest/info", params={"f": "json"})

@@ -112,19 +112,29 @@ def test_exceptions_become_errors(tmp_path):
 
 
 def test_restart_recovery(tmp_path, client):
+    """Cut-off jobs resume (with a Warning), queued ones run, cancelling ones end cancelled,
+    and a job cut off again and again fails instead of looping."""
     a = _raster(tmp_path)
     request = build_request([str(a)], None, str(tmp_path / "r.zarr"))
     first = JobStore(tmp_path / "jobs.sqlite")
     cut = first.create(request.to_json_dict())
     first.set_status(cut, jobs.EXECUTING)
     queued = first.create(request.to_json_dict())
+    cancelling = first.create(request.to_json_dict(), status=jobs.CANCELLING)
+    looping = first.create(request.to_json_dict(), status=jobs.EXECUTING)
+    for _ in range(jobs.MAX_RESUMES):
+        first.add_message(looping, jobs.WARNING, jobs.RESUME_MESSAGE)
     first.close()  # the "server" stops
 
     runner = JobRunner(JobStore(tmp_path / "jobs.sqlite"), client_factory=lambda: client)
     runner.recover()
-    st = runner.status(cut)
+    assert runner.status(cancelling)["jobStatus"] == jobs.CANCELLED
+    st = runner.status(looping)
     assert st["jobStatus"] == jobs.FAILED
-    assert _texts(st, jobs.ERROR) == [jobs.RESTART_MESSAGE]
+    assert _texts(st, jobs.ERROR) == [jobs.RESTART_MESSAGE.format(n=jobs.MAX_RESUMES + 1)]
+    st = _wait(runner, cut)
+    assert st["jobStatus"] == jobs.SUCCEEDED
+    assert _texts(st, jobs.WARNING) == [jobs.RESUME_MESSAGE]
     assert _wait(runner, queued)["jobStatus"] == jobs.SUCCEEDED
     runner.shutdown()
 

@@ -154,3 +154,74 @@ def test_https_with_tls_cert_and_key(tmp_path):
         assert info["currentVersion"] == 11.3
         with pytest.raises(httpx.TransportError):  # plain http is not served on that port
             httpx.get(f"http://127.0.0.1:{port}/arcgis/rest/info", timeout=5)
+
+
+def test_a_job_cut_off_by_a_killed_server_resumes_after_restart(tmp_path, client):
+    """SIGKILL the real server while a job computes; the restarted server resumes the job,
+    and the collection equals one made without interruption (same images, same checksums)."""
+    import signal
+
+    import pyarrow.parquet as pq
+
+    from engine import create_image_collection
+
+    data = tmp_path / "imagery"
+    data.mkdir()
+    for i in range(12):
+        write_raster(
+            data / f"s{i:02d}.tif",
+            crs="EPSG:32633",
+            transform=Affine(10, 0, 500_000 + i * 3000, 0, -10, 4_650_000),
+            shape=(700, 700),
+            dtype="uint16",
+            nodata=0,
+            seed=i,
+        )
+    port = free_port()
+    args = [_script(), "serve", "--root", str(tmp_path / "store"), "--port", str(port)]
+    args += ["--data-store", f"imagery={data}"]
+    params = {
+        "f": "json",
+        "inputRasters": json.dumps({"uris": ["/imagery/"]}),
+        "imageCollection": json.dumps({"serviceProperties": {"name": "cut"}}),
+        "context": json.dumps({"outSR": {"wkid": 3857}, "resamplingMethod": "CUBIC"}),
+    }
+    base = f"http://127.0.0.1:{port}"
+    with serve_command(args, base) as http:
+        job_id = http.post(f"{TASK}/submitJob", data=params).json()["jobId"]
+        for _ in range(600):
+            st = http.get(f"{TASK}/jobs/{job_id}", params={"f": "json"}).json()
+            if 0 < st.get("progress", {}).get("percent", 0) < 100:
+                break
+            assert st["jobStatus"] not in ("esriJobSucceeded", "esriJobFailed"), st
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the job never reported progress: {st}")
+        http.server_process.send_signal(signal.SIGKILL)  # hard, mid-compute
+        http.server_process.wait(timeout=30)
+    store = tmp_path / "store" / "cut.zarr"
+    assert not (store / "catalog.parquet").exists()  # nothing shown as complete yet
+
+    with serve_command(args, base) as http:
+        for _ in range(900):
+            st = http.get(f"{TASK}/jobs/{job_id}", params={"f": "json"}).json()
+            if st["jobStatus"] in ("esriJobSucceeded", "esriJobFailed"):
+                break
+            time.sleep(0.1)
+        assert st["jobStatus"] == "esriJobSucceeded", st
+        warnings = [m["description"] for m in st["messages"] if m["type"].endswith("Warning")]
+        assert any("server restarted" in w for w in warnings), st["messages"]
+
+    clean = tmp_path / "clean.zarr"
+    create_image_collection(
+        [str(data)],
+        image_collection=str(clean),
+        context={"outSR": {"wkid": 3857}, "resamplingMethod": "CUBIC"},
+        client=client,
+    )
+    resumed = pq.read_table(store / "catalog.parquet").to_pydict()
+    expected = pq.read_table(clean / "catalog.parquet").to_pydict()
+    assert len(resumed["image_id"]) == 12 and set(resumed["status"]) == {"complete"}
+    assert dict(zip(resumed["image_id"], resumed["checksum"], strict=True)) == dict(
+        zip(expected["image_id"], expected["checksum"], strict=True)
+    )
