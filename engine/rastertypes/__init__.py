@@ -15,10 +15,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from engine.errors import RequestError
-from engine.rastertypes import raster_dataset
+from engine.rastertypes import raster_dataset, uav
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
 REGISTRY: dict[str, ModuleType] = {raster_dataset.NAME: raster_dataset}
+
+REGISTRY.update({uav.NAME: uav})  # camera types (issue 5)
 
 
 def get_raster_type(name: str) -> ModuleType:
