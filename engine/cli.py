@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     s.add_argument("--tls-key", help="the certificate's private key (PEM)")
     s.add_argument("--service-url", help="public base url used in output service urls")
+    s.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=16.0,
+        help="refuse request bodies larger than this (ArcGIS error 413); default 16",
+    )
     s.set_defaults(func=cmd_serve)
 
     it = sub.add_parser("items", help="the portal's items (what itemIds and folderId inputs name)")
@@ -371,6 +377,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service_url=args.service_url,
         token=token,
         data_stores=parse_data_stores(args.data_store),
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
     )
     uvicorn.run(
         app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key

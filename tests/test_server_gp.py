@@ -239,3 +239,30 @@ def test_restart_recovers_the_table(tmp_path, rasters, client):
         st = _wait(http, queued)
         assert st["jobStatus"] == "esriJobSucceeded", st
     assert (root / "uavcollection.zarr").is_dir()
+
+
+def test_request_bodies_over_the_limit_are_refused(tmp_path, rasters):
+    """A submitJob body over --max-request-mb is refused with ArcGIS error 413 and no job,
+    whether it declares its length or streams in chunks."""
+    root = tmp_path / "store"
+    with serve(create_app(root, max_request_bytes=4096)) as http:
+        big = _params(rasters) | {"inputRasters": json.dumps({"uris": ["/x.tif"] * 2000})}
+        body = http.post(f"{TASK}/submitJob", data=big).json()
+        assert body["error"]["code"] == 413, body
+        assert "4096" not in body["error"]["details"][0]  # said in MB, with the fix
+        assert "--max-request-mb" in body["error"]["details"][1]
+
+        def chunks():
+            yield b"f=json&inputRasters="
+            for _ in range(100):
+                yield b"%5B%22%2Fx.tif%22%5D" * 10
+
+        streamed = http.post(
+            f"{TASK}/submitJob",
+            content=chunks(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        ).json()
+        assert streamed["error"]["code"] == 413, streamed
+        small = http.post(f"{TASK}/submitJob", data=_params(rasters)).json()
+        assert "jobId" in small, small  # an ordinary request still goes through
+    assert _job_count(root) == 1

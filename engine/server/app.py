@@ -28,6 +28,7 @@ from engine.server.arcgis import (
     request_token,
     respond,
 )
+from engine.server.limits import DEFAULT_MAX_BODY, BodyLimit
 
 CURRENT_VERSION = 11.3
 
@@ -39,6 +40,7 @@ def create_app(
     token: str | None = None,
     client_factory: Callable[[], Any] | None = None,
     data_stores: dict[str, Path] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """Build the app.
 
@@ -60,6 +62,8 @@ def create_app(
         (``/NAME/rel/path`` or absolute paths inside; ``..`` and symlinks out refused) and
         outputs inside ``root``. None accepts any local path (for library use and tests;
         ``mosaicflow serve`` always passes its ``--data-store`` set).
+    max_request_bytes
+        Request bodies over this are refused with ArcGIS error 413 before being read whole.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,7 @@ def create_app(
             runner.store.close()
 
     app = FastAPI(title="mosaicflow", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     app.state.mosaicflow = state
     app.include_router(gp.router)
     app.state.mosaicflow_items = state.items
