@@ -15,10 +15,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from engine.errors import RequestError
-from engine.rastertypes import raster_dataset, uav
+from engine.rastertypes import raster_dataset, sentinel2, uav
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
-REGISTRY: dict[str, ModuleType] = {raster_dataset.NAME: raster_dataset}
+REGISTRY: dict[str, ModuleType] = {
+    raster_dataset.NAME: raster_dataset,
+    sentinel2.NAME: sentinel2,
+}
 
 REGISTRY.update({uav.NAME: uav})  # camera types (issue 5)
 
