@@ -65,7 +65,7 @@ class DemSampler:
         y = np.asarray(y, dtype="float64")
         if crs_wkt != self.crs_wkt:
             x, y = _transformer(crs_wkt, self.crs_wkt).transform(x, y)
-        col, row = ~self.transform * (x, y)
+        col, row = ~self.transform @ (x, y)
         col, row = np.asarray(col) - 0.5, np.asarray(row) - 0.5
         ok = np.isfinite(col) & np.isfinite(row)
         out = np.full(np.shape(x), np.nan)
@@ -130,6 +130,7 @@ def project_to_terrain(
             break
         z = znew
         x, y = model.ground_at_height(col, row, z)
+    x, y = model.ground_at_height(col, row, z)  # the rays' points at the final heights
     return x, y, z
 
 

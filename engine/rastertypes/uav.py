@@ -323,16 +323,20 @@ def _orientation(tags: FrameTags, track: float | None) -> tuple[float, float, fl
 
 
 def recognise(uri: str, gdal_path: str) -> str | None:
-    """Why this file looks like a drone frame (for a 'wrong raster type' hint), or None."""
+    """What makes this file look like a drone frame ("a DJI drone frame with EXIF GPS"), or
+    None (no EXIF GPS, or georeferenced already)."""
+    import rasterio
+
     try:
+        with rasterio.open(gdal_path) as ds:
+            if ds.crs is not None or ds.gcps[0] or ds.rpcs is not None:
+                return None
         tags = read_tags(gdal_path)
     except Exception:
         return None
     if tags.latitude is None:
         return None
-    kind = (
-        "a DJI drone frame"
-        if "dji" in tags.make.lower() or tags.first("RelativeAltitude")
-        else "a camera frame"
-    )
-    return f"{kind} with EXIF GPS and no georeferencing (use the UAV/UAS raster type)"
+    dji = "dji" in tags.make.lower() or tags.first("RelativeAltitude") is not None
+    camera = " ".join(s for s in (tags.make, tags.model) if s) or "unknown camera"
+    kind = "a DJI drone frame" if dji else "a camera frame"
+    return f"{kind} with EXIF GPS and no georeferencing ({camera})"
