@@ -78,7 +78,10 @@ def grid_over(model: FrameModel, cell: float, crs=UTM, pad: int = 3) -> Grid:
         left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
     else:
         left, bottom, right, top = fp.bounds
-    left, top = math.floor(left / cell) * cell - pad * cell, math.ceil(top / cell) * cell + pad * cell
+    left, top = (
+        math.floor(left / cell) * cell - pad * cell,
+        math.ceil(top / cell) * cell + pad * cell,
+    )
     w = math.ceil((right - left) / cell) + pad
     h = math.ceil((top - bottom) / cell) + pad
     return Grid(crs, Affine(cell, 0, left, 0, -cell, top), (h, w))
@@ -204,6 +207,7 @@ def test_dem_projection_lands_on_the_dem(dem_path):
     np.testing.assert_allclose(z, ground_height(m.terrain, x, y, m.crs_wkt), atol=2e-3)
     c2, r2, _ = m.image_from_ground(x, y, z)
     np.testing.assert_allclose(c2, col, atol=1e-6)
+    np.testing.assert_allclose(r2, row, atol=1e-6)
 
 
 # -- the kernel ---------------------------------------------------------------------------
@@ -231,7 +235,9 @@ def test_ortho_gives_the_ground_pattern_back(tmp_path, dem_path):
     render_frame(m, tmp_path / "f.tif", block=block)
     grid = grid_over(m, 0.5)
     data, cov = warp_camera_part(part_for(m, tmp_path / "f.tif"), grid, "nearest", None, "uint8")
-    rows, cols = np.meshgrid(np.arange(grid.height) + 0.5, np.arange(grid.width) + 0.5, indexing="ij")
+    rows, cols = np.meshgrid(
+        np.arange(grid.height) + 0.5, np.arange(grid.width) + 0.5, indexing="ij"
+    )
     x, y = grid.xy(rows, cols)
     gsd = centre_gsd(m)
     # pixels further than two frame pixels from a block edge must hold the pattern exactly
