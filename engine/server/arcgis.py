@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -93,18 +94,33 @@ def output_format(request: Request, params: dict[str, str]) -> str:
     return "json"
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no NaN and ArcGIS clients refuse it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(payload: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN), dates and other objects as strings."""
+    return json.dumps(_finite(payload), indent=indent, default=str, allow_nan=False)
+
+
 def render(payload: dict[str, Any], f: str, title: str = "ArcGIS REST") -> Response:
     """The payload as ``f`` asks; errors are rendered the same way (always HTTP 200)."""
     if f == "html":
-        body = html.escape(json.dumps(payload, indent=2, default=str))
+        body = html.escape(dumps(payload, indent=2))
         page = (
             "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title></head>\n"
             f"<body><h2>{html.escape(title)}</h2>\n<pre>{body}</pre>\n</body></html>\n"
         )
         return HTMLResponse(page)
-    indent = 2 if f == "pjson" else None
-    text = json.dumps(payload, indent=indent, default=str)
+    text = dumps(payload, indent=2 if f == "pjson" else None)
     return Response(text, media_type="application/json")
 
 

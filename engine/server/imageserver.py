@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from engine.collection import Collection
 from engine.errors import MosaicflowError, RequestError
 from engine.geometry import Region, parse_clipping_geometry, parse_extent
+from engine.server.arcgis import render
 from engine.server.imageserver_common import (
     PREFIX,
     WGS84,
@@ -52,7 +53,6 @@ from engine.server.imageserver_common import (
     _format,
     _int_param,
     _params,
-    _render,
     _service_rows,
     configure,
     router,
@@ -329,7 +329,7 @@ async def _answer(
         result = await run_in_threadpool(work, params)
     except Exception as exc:
         return _error_response(_to_arcgis_error(exc), f)
-    return _render(result, f, title)
+    return render(result, f, title)
 
 
 @router.api_route(PREFIX, methods=["GET", "POST"])
@@ -370,4 +370,4 @@ async def export_image(name: str, request: Request) -> Response:
         },
         "scale": 0,
     }
-    return _render(result, f, f"Export Image: {name} (ImageServer)")
+    return render(result, f, f"Export Image: {name} (ImageServer)")

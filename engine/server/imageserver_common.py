@@ -3,8 +3,6 @@ published collections under the raster store root."""
 
 from __future__ import annotations
 
-import html
-import json
 import re
 import threading
 from collections.abc import Mapping
@@ -14,11 +12,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from pyproj import CRS
 
 from engine.collection import Collection, open_collection
-from engine.server.arcgis import ArcGISError, read_params
+from engine.server.arcgis import ArcGISError, read_params, render
 from engine.spatialref import parse_spatial_reference
 
 PREFIX = "/arcgis/rest/services/Hosted/{name}/ImageServer"
@@ -45,25 +43,8 @@ def _bad(message: str, *details: str) -> ArcGISError:
     return ArcGISError(400, message, list(details))
 
 
-def _render(payload: dict[str, Any], f: str, title: str) -> Response:
-    if f == "pjson":
-        return Response(
-            json.dumps(payload, indent=2, allow_nan=False, default=str),
-            media_type="application/json",
-        )
-    if f == "html":
-        body = html.escape(json.dumps(payload, indent=2, allow_nan=False, default=str))
-        return HTMLResponse(
-            f"<!DOCTYPE html><html><head><title>{html.escape(title)}</title></head>"
-            f"<body><h2>{html.escape(title)}</h2><pre>{body}</pre></body></html>"
-        )
-    return Response(
-        json.dumps(payload, allow_nan=False, default=str), media_type="application/json"
-    )
-
-
 def _error_response(err: ArcGISError, f: str) -> Response:
-    return _render(err.to_json(), f if f in ("json", "pjson", "html") else "json", "Error")
+    return render(err.to_json(), f if f in ("json", "pjson", "html") else "json", "Error")
 
 
 async def _params(request: Request) -> dict[str, str]:
