@@ -325,6 +325,33 @@ def test_directory_walk_finds_one_source_per_product(s2_data, l1c_zip, tmp_path)
     assert len(probed) == 1 and not failed
 
 
+def test_inputs_that_are_not_one_product_fail_with_the_fix(s2_data, tmp_path):
+    def reason(uri: str, gdal_path: str | None = None) -> str:
+        with pytest.raises(ImageError) as info:
+            sentinel2.probe(uri, gdal_path or uri, "x")
+        return info.value.reason
+
+    assert reason(str(s2_data)) == (
+        "is not a Sentinel-2 product (a directory without MTD_MSIL1C.xml or MTD_MSIL2A.xml);"
+        " give a .SAFE directory, its MTD_MSIL1C.xml / MTD_MSIL2A.xml, or a .zip of the SAFE"
+    )
+    old = tmp_path / "S2A_OPER_PRD_MSIL1C_PDMC_20160101T000000_R008_V20151231T000000.SAFE"
+    old.mkdir()
+    (old / "S2A_OPER_MTD_SAFL1C_PDMC_20160101T000000_R008_V20151231T000000.xml").write_text("<x/>")
+    assert "multi-tile SAFE format of before December 2016" in reason(str(old))
+    remote = "s3://bucket/S2B_MSIL2A_20220413T150759_N0400_R025_T33XWJ_20220414T082126.SAFE"
+    assert "download the product" in reason(remote, "/vsis3/" + remote[5:])
+    both = tmp_path / "two.zip"
+    with zipfile.ZipFile(both, "w") as zf:
+        for product in (L1C_206, L1C_301):
+            zf.write(s2_data / product / "MTD_MSIL1C.xml", f"{product}/MTD_MSIL1C.xml")
+    assert reason(str(both)).startswith("holds 2 Sentinel-2 products (S2A_MSIL1C_2018")
+    broken = tmp_path / "broken" / L1C_206
+    broken.mkdir(parents=True)
+    (broken / "MTD_MSIL1C.xml").write_text("<n1:Level-1C_User_Product xmlns:n1='x'>")
+    assert reason(str(broken)).startswith("MTD_MSIL1C.xml: its product metadata is not well-formed")
+
+
 def test_recognise(s2_data, l1c_zip, tmp_path):
     assert get_raster_type("Sentinel-2") is sentinel2 and REGISTRY["Sentinel-2"] is sentinel2
     l2a = s2_data / L2A_509

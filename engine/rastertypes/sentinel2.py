@@ -46,6 +46,13 @@ _DESCRIPTIONS = {
     "AOT": "Aerosol optical thickness at 550 nm",
     "WVP": "Water vapour (cm)",
 }
+# The product metadata of the multi-tile SAFE format made until December 2016.
+_OLD_MTD = re.compile(r"^S2[A-D]_OPER_MTD_SAFL(1C|2A)_.*\.xml$", re.IGNORECASE)
+_OLD_FORMAT = (
+    "is a Sentinel-2 product in the multi-tile SAFE format of before December 2016, which is"
+    " not supported: download the product again from the Copernicus archive, which serves it"
+    " per tile in the current (compact) format"
+)
 _HOW = "give a .SAFE directory, its MTD_MSIL1C.xml / MTD_MSIL2A.xml, or a .zip of the SAFE"
 
 
@@ -127,12 +134,7 @@ def probe(
     product = _locate(uri, gdal_path)
     meta = _parse(uri, product, product.mtd, safe.parse_product)
     if len(meta.granules) > 1:
-        raise ImageError(
-            uri,
-            f"holds {len(meta.granules)} granules (the multi-tile SAFE format of products made"
-            " before December 2016); only single-tile products are supported: download the"
-            " product again from the Copernicus archive, which serves it per tile",
-        )
+        raise ImageError(uri, f"holds {len(meta.granules)} granules: it {_OLD_FORMAT}")
     granule = _granule_dir(uri, meta)
     tile = _parse(uri, product, f"{granule}/MTD_TL.xml", safe.parse_tile)
     parts, scales, descriptions = _band_parts(uri, product, meta, tile)
@@ -192,12 +194,16 @@ def _locate(uri: str, gdal_path: str) -> _Product:
             for f in ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
             if os.path.isfile(os.path.join(gdal_path, f))
         ]
+        if not found and any(_OLD_MTD.match(f) for f in os.listdir(gdal_path)):
+            raise ImageError(uri, _OLD_FORMAT)
         if not found:
             raise _not_sentinel2(uri, "a directory without MTD_MSIL1C.xml or MTD_MSIL2A.xml")
         return _Product(gdal_path, "", found[0])
     base = os.path.basename(gdal_path)
     if base.lower().endswith(".zip"):
         return _in_zip(uri, gdal_path, "")
+    if _OLD_MTD.match(base):
+        raise ImageError(uri, _OLD_FORMAT)
     if base.lower().endswith(".xml"):
         return _Product(os.path.dirname(gdal_path), "", base)
     kind = os.path.splitext(base)[1] or "a file without extension"
@@ -249,8 +255,8 @@ def _granule_dir(uri: str, meta: safe.ProductMetadata) -> str:
     if len(folders) != 1:
         raise ImageError(
             uri,
-            "its product metadata does not name band files as GRANULE/<granule>/IMG_DATA/..."
-            " (a SAFE layout older than the compact naming of December 2016, unsupported)",
+            "its product metadata does not name band files as GRANULE/<granule>/IMG_DATA/...:"
+            f" it {_OLD_FORMAT}",
         )
     return folders.pop()
 
