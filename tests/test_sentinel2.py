@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ import shapely
 import zarr
 from affine import Affine
 from pyproj import Transformer
+from rasterio.errors import NotGeoreferencedWarning
 
 from engine import create_image_collection
 from engine.errors import ImageError
@@ -131,6 +133,34 @@ def test_product_metadata_matches_the_xml(s2_data, product):
     assert meta.resolutions == {b: safe.NATIVE_RESOLUTION[b] for b in BANDS_13}
     assert meta.wavelengths["B04"] in (664.6, 665.0) and meta.wavelengths["B8A"] in (864.7, 864.0)
     assert len(meta.granules) == 1 and TILE[product]["mgrs"] in meta.granules[0]
+
+
+@pytest.mark.parametrize("product", list(PRODUCT))
+def test_parsed_values_agree_with_gdals_sentinel2_driver(s2_data, product):
+    """GDAL's own reader of the same file (its SENTINEL2 driver) says the same."""
+    mtd = _mtd(s2_data / product)
+    meta = safe.parse_product(mtd.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the product-level dataset
+        with rasterio.open(mtd) as ds:
+            tags, subdatasets = ds.tags(), ds.subdatasets
+    assert ds.driver == "SENTINEL2"
+    assert meta.cloud_cover == float(tags["CLOUD_COVERAGE_ASSESSMENT"])
+    assert meta.processing_baseline == tags["PROCESSING_BASELINE"]
+    assert meta.product_type == tags["PRODUCT_TYPE"]
+    assert meta.start_time == _utc(tags["PRODUCT_START_TIME"].rstrip("Z"))
+    assert meta.spacecraft == tags["DATATAKE_1_SPACECRAFT_NAME"]
+    assert meta.relative_orbit == int(tags["DATATAKE_1_SENSING_ORBIT_NUMBER"])
+    q = tags.get("BOA_QUANTIFICATION_VALUE") or tags["QUANTIFICATION_VALUE"]
+    assert meta.quantification["reflectance"] == float(q)
+    twenty = next(s for s in subdatasets if ":20m:" in s)
+    with rasterio.open(twenty) as ds:
+        band_tags = [ds.tags(b) for b in range(1, ds.count + 1)]
+    for t in band_tags:
+        if t.get("BANDNAME", "").startswith("B"):
+            band = safe.band_name(t["BANDNAME"])
+            gdal_offset = t.get("BOA_ADD_OFFSET") or t.get("RADIO_ADD_OFFSET")
+            assert meta.offsets.get(band) == (None if gdal_offset is None else float(gdal_offset))
 
 
 @pytest.mark.parametrize("product", list(TILE))
