@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pyproj import CRS, Transformer
+from pyproj import CRS, Geod, Transformer
 
 from engine.camera.exif import FrameTags, read_tags
 from engine.camera.frame_model import FrameModel, rotation_from_ypr
@@ -41,6 +41,7 @@ from engine.rastertypes.base import ImageSource
 
 NAME = "UAV/UAS"
 _P = "rasterType.rasterTypeParameters"
+MAX_TRACK_STEP = 2000.0  # metres between neighbouring frames of one flight line
 
 
 @dataclass(frozen=True)
@@ -186,16 +187,12 @@ def probe_batch(refs: list[Any], params: Mapping[str, Any]) -> list[ImageSource 
             continue
         frames.append((i, tags, row))
     if frames:
-        lats = [r.latitude if r else t.latitude for _, t, r in frames]
-        lons = [r.longitude if r else t.longitude for _, t, r in frames]
-        crs = utm_crs(float(np.mean(lons)), float(np.mean(lats)))  # type: ignore[arg-type]
-        to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-        xy = [to_utm.transform(lon, lat) for lon, lat in zip(lons, lats, strict=True)]
-        track = _track_headings(frames, xy)
+        lats = [float(r.latitude if r else t.latitude) for _, t, r in frames]  # type: ignore[arg-type]
+        lons = [float(r.longitude if r else t.longitude) for _, t, r in frames]  # type: ignore[arg-type]
+        track = _track_headings(frames, lons, lats)
         for k, (i, tags, row) in enumerate(frames):
-            ref = refs[i]
             try:
-                results[i] = _place(ref, tags, row, cfg, crs, to_utm, xy[k], track[k])
+                results[i] = _place(refs[i], tags, row, cfg, track[k])
             except ImageError as exc:
                 results[i] = exc
     return [
@@ -205,9 +202,13 @@ def probe_batch(refs: list[Any], params: Mapping[str, Any]) -> list[ImageSource 
 
 
 def _track_headings(
-    frames: list[tuple[int, FrameTags, GpsRow | None]], xy: list[tuple[float, float]]
+    frames: list[tuple[int, FrameTags, GpsRow | None]], lons: list[float], lats: list[float]
 ) -> list[float | None]:
-    """Grid heading of the track through each frame's neighbours (None: no track)."""
+    """True azimuth of the track through each frame's neighbours (None: no track).
+
+    Frames are taken in gps-row order, else capture-time order, else input order; a
+    neighbour further than :data:`MAX_TRACK_STEP` metres is not on the same flight line.
+    """
     n = len(frames)
     if all(r is not None for _, _, r in frames):
         order = sorted(range(n), key=lambda k: frames[k][2].index)  # type: ignore[union-attr]
@@ -215,25 +216,22 @@ def _track_headings(
         order = sorted(range(n), key=lambda k: (frames[k][1].time, frames[k][0]))
     else:
         order = list(range(n))
+    geod = Geod(ellps="WGS84")
     out: list[float | None] = [None] * n
     for pos, k in enumerate(order):
-        a = order[max(pos - 1, 0)]
-        b = order[min(pos + 1, n - 1)]
-        dx, dy = xy[b][0] - xy[a][0], xy[b][1] - xy[a][1]
-        if math.hypot(dx, dy) > 0.5:
-            out[k] = math.degrees(math.atan2(dx, dy)) % 360
+        ends = []
+        for nb in (order[max(pos - 1, 0)], order[min(pos + 1, n - 1)]):
+            _, _, dist = geod.inv(lons[k], lats[k], lons[nb], lats[nb])
+            ends.append(nb if dist <= MAX_TRACK_STEP else k)
+        a, b = ends
+        az, _, dist = geod.inv(lons[a], lats[a], lons[b], lats[b])
+        if dist > 0.5:
+            out[k] = az % 360
     return out
 
 
 def _place(
-    ref: Any,
-    tags: FrameTags,
-    row: GpsRow | None,
-    cfg: Settings,
-    crs: CRS,
-    to_utm: Transformer,
-    xy: tuple[float, float],
-    track: float | None,
+    ref: Any, tags: FrameTags, row: GpsRow | None, cfg: Settings, track: float | None
 ) -> ImageSource:
     uri = ref.uri
     lat: float | None
@@ -256,6 +254,9 @@ def _place(
         interior, camera_source = interior_for(tags, cfg.camera)
     except ValueError as exc:
         raise ImageError(uri, str(exc)) from None
+    crs = utm_crs(lon, lat)
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    xy = to_utm.transform(lon, lat)
     wkt = crs.to_wkt()
     relative = tags.first("RelativeAltitude")
     if cfg.altitude_is_flight_height or cfg.terrain is not None:
@@ -279,7 +280,7 @@ def _place(
         raise ImageError(uri, f"its flight height {flight:.1f} m is not above MinimumFlightHeight"
                          f" ({cfg.minimum_flight_height:g} m): a frame taken at take-off or landing")  # fmt: skip
     heading, pitch, roll, source = _orientation(tags, track)
-    tr = _north_azimuth(to_utm, lon, lat) if source not in ("track", "north-up") else 0.0
+    tr = _north_azimuth(to_utm, lon, lat)  # headings are true azimuths; the model is on the grid
     model = FrameModel(
         interior=interior,
         centre=(xy[0], xy[1], z),
