@@ -145,6 +145,15 @@ def warp_part(
         return camera_warp.warp_camera_part(
             part, dst, part.resampling or resampling, dst_nodata, dtype
         )
+    if part.georef == "rpcs":  # WarpedVRT ignores RPCs on a given grid: GDAL's own warped VRT
+        from engine.rastertypes.rpc import warp_rpc
+
+        return warp_rpc(
+            part.path, part.model if part.model is not None else _dataset(part.path).rpcs, dst,
+            part.resampling or resampling, bands=part.band_indexes, dtype=dtype,
+            src_nodata=part.nodata, dst_nodata=dst_nodata, options=dict(part.warp_options),
+            scale=scale, tolerance=0.0 if tolerance <= EXACT_TOLERANCE else tolerance,
+        )  # fmt: skip
     ds = _dataset(part.path)
     if (
         fast_origin is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from engine.errors import RequestError
-from engine.rastertypes import raster_dataset, sentinel2, uav
+from engine.rastertypes import raster_dataset, sentinel2, uav, zy3
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
 REGISTRY: dict[str, ModuleType] = {
@@ -24,6 +24,8 @@ REGISTRY: dict[str, ModuleType] = {
 }
 
 REGISTRY.update({uav.NAME: uav})  # camera types (issue 5)
+
+REGISTRY.update({zy3.sasmac.NAME: zy3.sasmac, zy3.cresda.NAME: zy3.cresda})  # RPC (issue 4)
 
 
 def get_raster_type(name: str) -> ModuleType:
