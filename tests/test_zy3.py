@@ -448,7 +448,7 @@ def test_footprint_lies_where_gdal_puts_the_corners(sasmac_run, qb2):
     assert fp.symmetric_difference(rpc_outline).area < 0.03 * rpc_outline.area
 
 
-def test_the_planned_footprint_is_the_rpc_outline_on_the_terrain(tmp_path, qb2):
+def test_the_planned_footprint_is_the_rpc_outline_on_the_terrain(tmp_path, qb2, dem_path):
     pixels, rpc = qb2
     tif = make_product(tmp_path, "NAD", "0000000001", pixels, rpc, "rpb", sasmac_xml("NAD", "1"))
     src = zy3.sasmac.probe(str(tif), str(tif), tif.stem, {"constantZ": 500})
@@ -461,6 +461,18 @@ def test_the_planned_footprint_is_the_rpc_outline_on_the_terrain(tmp_path, qb2):
     ring = np.asarray(src.footprint.exterior.coords)
     for x, y in zip(gx, gy, strict=True):  # GDAL's corners (its 0.1 px inversion) are ours
         assert np.hypot(*(ring - (x, y)).T).min() < 0.15 * part.grid.resolution[0]
+    # on a DEM: GDAL's transformer (RPC_DEM, bilinear) puts the corners on our outline too
+    src = zy3.sasmac.probe(str(tif), str(tif), tif.stem, {"dem": {"uri": str(dem_path)}})
+    with RPCTransformer(rpc, RPC_DEM=str(dem_path), RPC_DEMINTERPOLATION="bilinear") as t:
+        lon, lat = t.xy([0, 0, 1450, 1450], [0, 850, 850, 0], offset="ul")
+    gx, gy = to_utm.transform(lon, lat)
+    ring = np.asarray(src.footprint.exterior.coords)
+    for x, y in zip(gx, gy, strict=True):
+        assert np.hypot(*(ring - (x, y)).T).min() < 0.15 * part.grid.resolution[0]
+    assert dict(src.parts[0].warp_options) == {
+        "RPC_DEM": str(dem_path),
+        "RPC_DEMINTERPOLATION": "bilinear",
+    }
     # the default height is the RPC's HEIGHT_OFF
     src = zy3.sasmac.probe(str(tif), str(tif), tif.stem, {})
     assert dict(src.parts[0].warp_options) == {"RPC_HEIGHT": repr(rpc.height_off)}

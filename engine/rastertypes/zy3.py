@@ -219,7 +219,8 @@ def _mid(start: datetime | None, end: datetime | None) -> datetime | None:
 def parse_metadata(root: ET.Element, layout: str) -> Metadata:
     """The scene facts of a ZY-3 XML in ``layout`` (see the module docstring)."""
     if layout == SASMAC:
-        info = _child(root, "productInfo") or root
+        found = _child(root, "productInfo")
+        info = root if found is None else found
         center = _text(info, "CenterTime", "AcquisitionTime", "AcquistionTime")
         when = parse_time(center) or _mid(
             parse_time(_text(info, "StartTime")), parse_time(_text(info, "EndTime"))
@@ -384,7 +385,7 @@ def _product_metadata(uri: str, product: Product, raster_type: str) -> Metadata:
         )
     meta = parse_metadata(root, layout)
     sat = (meta.satellite or "").upper().replace("-", "")
-    if sat and not sat.startswith("ZY3") and not sat.startswith("ZY30"):
+    if sat and not sat.startswith("ZY3"):  # ZY3, ZY3-1, ZY302...
         raise ImageError(
             uri,
             f"its XML names satellite {meta.satellite!r}, not ZY-3; pick the raster type"
