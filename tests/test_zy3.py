@@ -561,3 +561,17 @@ def test_recognise_and_raster_dataset_refusal(qb2, tmp_path):
         {},
     )
     assert src.extra["rpc_source"] == "tiff tags" and src.parts[0].model.lat_off == rpc.lat_off
+
+
+def test_metadata_is_optional_but_must_be_zy3(qb2, tmp_path):
+    pixels, rpc = qb2
+    tif = make_product(tmp_path, "BWD", "0000000006", pixels, rpc, "txt", None)
+    src = zy3.sasmac.probe(str(tif), str(tif), tif.stem, {})  # no XML: the image still ingests
+    assert src.acquisition_time is None and src.cloud_cover is None
+    assert src.sensor == "ZY-3 BWD" and src.extra["metadata_layout"] is None
+    tif.with_suffix(".xml").write_text(cresda_xml("BWD", "6").replace(">ZY3<", ">GF1<"))
+    with pytest.raises(ImageError, match="names satellite 'GF1', not ZY-3"):
+        zy3.cresda.probe(str(tif), str(tif), tif.stem, {})
+    with pytest.raises(ImageError, match="metadata file without its image"):
+        tif.unlink()
+        zy3.cresda.probe(str(tif.with_suffix(".xml")), str(tif.with_suffix(".xml")), "x", {})
