@@ -170,23 +170,63 @@ def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:
     return (round(1.0 / step_x, 9), round(1.0 / step_y, 9))
 
 
+def storage_type(src: ImageSource) -> tuple[str, float | None]:
+    """The data type and source nodata an image is stored with, from its parts.
+
+    Parts that agree keep their type and nodata. Parts that differ only in type (one
+    shared nodata, or none) take numpy's promoted type: lossless (uint8 + uint16 ->
+    uint16), fills unchanged. Parts whose nodata differ (a fill of 0 beside -9999, or
+    beside a band that has none) cannot share one integer fill unambiguously: they are
+    stored as float32 (float64 for 32-bit parts), which holds every value of every part
+    exactly, with NaN as the one nodata each part's own fill is mapped to by the warp.
+    Never a narrowing or silent cast.
+    """
+    parts = src.parts
+    dtypes = [np.dtype(p.dtype) for p in parts]
+    fills = {"nan" if p.nodata is not None and math.isnan(p.nodata) else p.nodata for p in parts}
+    if len(set(dtypes)) == 1 and len(fills) == 1:
+        return parts[0].dtype, parts[0].nodata
+    promoted = np.result_type(*dtypes)
+    shared = parts[0].nodata
+    if len(fills) == 1 and (shared is None or _holds(promoted, shared)):
+        return str(promoted), shared
+    for wide in ("float32", "float64"):  # exact: floats up to its size, ints up to half
+        size = np.dtype(wide).itemsize
+        if all(d.itemsize <= (size if d.kind == "f" else size // 2) for d in dtypes):
+            return wide, float("nan")
+    raise ImageError(
+        src.source_uris[0],
+        f"mixes band types {sorted({str(d) for d in dtypes})} with different nodata values"
+        " that no common type holds exactly; give the bands separately",
+    )
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """True when ``dtype`` represents ``value`` exactly."""
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
 def output_nodata(src: ImageSource, requested: float | None) -> float | None:
     """Requested noData, else the source's, else NaN for floats and none for integers.
 
     An integer image without nodata gets none: all its values are data (a 0 in an 8-bit
     ortho is black, not a hole); coverage is tracked separately (GDAL's alpha)."""
+    dtype, native = storage_type(src)
     if requested is not None:
-        info = np.finfo(src.dtype) if np.dtype(src.dtype).kind == "f" else np.iinfo(src.dtype)
-        if not (math.isnan(requested) and np.dtype(src.dtype).kind == "f") and not (
+        info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+        if not (math.isnan(requested) and np.dtype(dtype).kind == "f") and not (
             info.min <= requested <= info.max
         ):
             raise ImageError(
-                src.source_uris[0], f"noData {requested} does not fit its data type {src.dtype}"
+                src.source_uris[0], f"noData {requested} does not fit its data type {dtype}"
             )
         return float(requested)
-    if src.nodata is not None:
-        return float(src.nodata)
-    return float("nan") if np.dtype(src.dtype).kind == "f" else None
+    if native is not None:
+        return float(native)
+    return float("nan") if np.dtype(dtype).kind == "f" else None
 
 
 def plan_collection(
@@ -248,4 +288,5 @@ def _plan_image(
     # inside the image (full disk) undercuts its limb, so there GDAL's validity alone rules.
     exact = src.finest_part.grid.outline_has_position_in(lattice.crs, _FOOTPRINT_POINTS)
     coverage = reach if exact else clip
-    return ImagePlan(src, grid, chunks, fp, src.dtype, output_nodata(src, nodata), scales, coverage)
+    dtype = storage_type(src)[0]
+    return ImagePlan(src, grid, chunks, fp, dtype, output_nodata(src, nodata), scales, coverage)
