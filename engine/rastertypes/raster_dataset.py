@@ -124,3 +124,19 @@ def _native_grid(uri: str, ds: rasterio.DatasetReader) -> tuple[Grid, str]:
         "has no georeferencing (no CRS, geotransform or GCPs); the Raster Dataset type needs"
         " georeferenced rasters: georeference it, or use the UAV/UAS or Aerial type for camera frames",
     )
+
+
+def recognise(uri: str, gdal_path: str) -> str | None:
+    """``a plain georeferenced raster (GTiff, 3 bands of uint8)`` when GDAL reads the input
+    as one with a CRS and a geotransform or GCPs; else None (the wrong-pick message)."""
+    try:
+        with rasterio.open(gdal_path) as ds:
+            georeferenced = ds.crs is not None and ds.transform != Affine.identity()
+            if ds.count == 0 or not (georeferenced or ds.gcps[0]):
+                return None
+            return (
+                f"a plain georeferenced raster ({ds.driver}, {ds.count} band"
+                f"{'s' if ds.count > 1 else ''} of {ds.dtypes[0]})"
+            )
+    except Exception:  # not a raster GDAL reads
+        return None
