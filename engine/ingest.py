@@ -36,7 +36,7 @@ from engine import catalog, footprint, service, stac, store
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
 from engine.plan import ImagePlan, Plan, plan_collection
-from engine.rastertypes import ImageSource, get_raster_type, source_patterns
+from engine.rastertypes import ImageSource, describe, get_raster_type, source_patterns
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 from engine.sources import resolve_sources
@@ -371,27 +371,37 @@ def probe_all(
     params = params if params is not None else {}
 
     def failure(ref: Any, exc: Exception) -> ImageRecord:
+        if isinstance(exc, RequestError):  # a bad rasterTypeParameters value: nothing written
+            raise exc
         if isinstance(exc, ImageError):
-            return _failed_record(None, ref.uri, exc.reason, raster_type, ref.name)
+            # a wrong rasterTypeName pick: say what the input looks like, and which type reads it
+            said = "rasterTypeName" in exc.reason  # the type named the right one itself
+            hint = None if said else describe(ref.uri, ref.gdal_path, exclude=raster_type)
+            reason = f"{exc.reason}; {hint}" if hint else exc.reason
+            return _failed_record(None, ref.uri, reason, raster_type, ref.name)
         # an unexpected failure still fails this image alone
         return _failed_record(None, ref.uri, f"could not be read: {exc!r}", raster_type, ref.name)
 
-    def one(ref: Any) -> ImageSource | ImageRecord:
+    def images(ref: Any, found: Any) -> list[ImageSource | ImageRecord]:
+        """A probe's answer for one source: an image, several (one product holding images
+        of several groups), or an exception."""
+        if isinstance(found, Exception):
+            return [failure(ref, found)]
+        return list(found) if isinstance(found, list) else [found]
+
+    def one(ref: Any) -> list[ImageSource | ImageRecord]:
         try:
-            return rtype.probe(ref.uri, ref.gdal_path, ref.name, params)
+            return images(ref, rtype.probe(ref.uri, ref.gdal_path, ref.name, params))
         except Exception as exc:
-            return failure(ref, exc)
+            return [failure(ref, exc)]
 
     results: list[ImageSource | ImageRecord]
     if hasattr(rtype, "probe_batch"):  # types that need every frame at once (tracks, tables)
         batch = rtype.probe_batch(refs, params)
-        results = [
-            failure(ref, r) if isinstance(r, Exception) else r
-            for ref, r in zip(refs, batch, strict=True)
-        ]
+        results = [r for ref, f in zip(refs, batch, strict=True) for r in images(ref, f)]
     else:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(one, refs))
+            results = [r for found in pool.map(one, refs) for r in found]
     probed = [r for r in results if isinstance(r, ImageSource)]
     failed = [r for r in results if isinstance(r, ImageRecord)]
     # Two inputs naming the same image (e.g. a path and its file:// url) ingest once.
