@@ -18,7 +18,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from engine.errors import RequestError
-from engine.rastertypes import landsat7, landsat8, raster_dataset, sentinel2, uav, zy3
+from engine.rastertypes import (
+    aerial,
+    landsat7,
+    landsat8,
+    raster_dataset,
+    scanned_aerial,
+    sentinel2,
+    uav,
+    zy3,
+)
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
 REGISTRY: dict[str, ModuleType] = {
@@ -26,7 +35,7 @@ REGISTRY: dict[str, ModuleType] = {
     sentinel2.NAME: sentinel2,
 }
 
-REGISTRY.update({uav.NAME: uav})  # camera types (issue 5)
+REGISTRY.update({m.NAME: m for m in (uav, aerial, scanned_aerial)})  # camera types (issue 5)
 
 REGISTRY.update({landsat8.NAME: landsat8, landsat7.NAME: landsat7})  # satellite (issue 4)
 
