@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -208,14 +210,22 @@ def dem_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cresda_run(client, qb2, dem_path, tmp_path_factory):
-    """A CRESDA pan product given by its XML, orthorectified on the DEM."""
+    """A CRESDA pan product given by its XML, and the same scene as a .tar.gz product,
+    orthorectified on the DEM."""
     pixels, rpc = qb2
     folder = tmp_path_factory.mktemp("zy3_cresda")
     tif = make_product(
         folder, "NAD", "0007654321", pixels, rpc, "rpb", cresda_xml("NAD", "7654321")
     )
+    # the same scene as a second product, delivered as a .tar.gz (read in place)
+    packed = folder / "packed"
+    packed.mkdir()
+    make_product(packed, "NAD", "0007654322", pixels, rpc, "txt", cresda_xml("NAD", "7654322"))
+    archive = folder / f"ZY3_NAD_{STEM}0007654322.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(packed, arcname=f"ZY3_NAD_{STEM}0007654322")
     result = create_image_collection(
-        [str(tif.with_suffix(".xml"))],
+        [str(tif.with_suffix(".xml")), str(archive)],
         {"rasterTypeName": "ZY3-CRESDA", "rasterTypeParameters": {"dem": {"uri": str(dem_path)}}},
         image_collection=str(folder / "out.zarr"),
         context={"resamplingMethod": "NEAREST"},
@@ -507,6 +517,35 @@ def test_cresda_on_a_dem_is_gdalwarp_and_differs_from_a_constant_height(cresda_r
     )  # fmt: skip
     both = (flat[0] > 0) & (stored > 0)
     assert (flat[0] != stored)[both].mean() > 0.5  # the relief moves most pixels
+
+
+def test_an_archive_is_read_in_place(cresda_run):
+    result, cat, _ = cresda_run
+    plain, packed = cat[f"ZY3_NAD_{STEM}0007654321"], cat[f"ZY3_NAD_{STEM}0007654322"]
+    assert packed["status"] == "complete", packed["message"]
+    assert packed["source_uris"][0].endswith(".tar.gz") and packed["product_id"] == "7654322"
+    assert packed["rpc_source"].endswith("_rpc.txt")
+    assert packed["grid_transform"] == plain["grid_transform"]
+    np.testing.assert_array_equal(_stored(result.store, packed), _stored(result.store, plain))
+
+
+def test_an_archive_of_several_products_names_them(qb2, tmp_path):
+    from engine.request import InputRasters
+    from engine.sources import resolve_sources
+
+    pixels, rpc = qb2
+    make_product(tmp_path, "NAD", "0000000011", pixels, rpc, "rpb", sasmac_xml("NAD", "11"))
+    b = make_product(tmp_path, "FWD", "0000000012", pixels, rpc, "rpb", sasmac_xml("FWD", "12"))
+    zipped = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for p in tmp_path.glob("ZY3_*"):
+            zf.write(p, f"delivery/{p.name}")
+    with pytest.raises(ImageError, match=r"holds 2 ZY-3 images .*name one as .*scenes.zip!/"):
+        zy3.sasmac.probe(str(zipped), str(zipped), "scenes", {})
+    (ref,) = resolve_sources(InputRasters("uris", (f"{zipped}!/delivery/{b.name}",)))
+    src = zy3.sasmac.probe(ref.uri, ref.gdal_path, ref.name, {})
+    assert src.parts[0].path == f"/vsizip/{zipped}/delivery/{b.name}"
+    assert src.sensor == "ZY-3 FWD" and src.extra["product_id"] == "12"
 
 
 def test_bad_dem_is_a_request_error_before_anything_is_written(client, qb2, tmp_path):

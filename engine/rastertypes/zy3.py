@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import os
 import re
+import tarfile
 import types
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +59,7 @@ from engine.rastertypes.raster_dataset import SUPPORTED_DTYPES
 SASMAC = "ZY3-SASMAC"
 CRESDA = "ZY3-CRESDA"
 LAYOUTS = {"sensor_corrected_metadata": SASMAC, "productmetadata": CRESDA}
-PATTERNS = ("zy3*.tif", "zy3*.tiff")
+PATTERNS = ("zy3*.tif", "zy3*.tiff", "zy3*.tar.gz", "zy3*.tgz", "zy3*.tar", "zy3*.zip")
 PRODUCT_NAME = re.compile(
     r"ZY3_(NAD|FWD|BWD|MUX)_E(-?[\d.]+)_N(-?[\d.]+)_(\d{8})_L1A(\d+)", re.IGNORECASE
 )
@@ -67,72 +69,166 @@ _FOOTPRINT_POINTS = 64  # per image edge
 
 # -- finding the product's files ----------------------------------------------------------
 
+_ARCHIVES = (
+    (".tar.gz", "/vsitar/"),
+    (".tgz", "/vsitar/"),
+    (".tar", "/vsitar/"),
+    (".zip", "/vsizip/"),
+)
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
 
 @dataclass(frozen=True)
 class Product:
-    """The files of one ZY-3 product (absolute local paths; xml/rpc may be absent)."""
+    """The files of one ZY-3 product: the image's GDAL path, and where its XML and RPC file
+    are (local paths, or member names of the archive ``read`` reads; None if absent)."""
 
-    base: str  # the path without extension
+    name: str  # the base name, ZY3_NAD_E..._L1A...
     tif: str
     xml: str | None
     rpc: str | None
+    read: Callable[[str], bytes] = _read_local
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.base)
+    def text(self, location: str) -> str:
+        return self.read(location).decode("utf-8", errors="replace")
 
 
-def _sibling(base: str, suffixes: Sequence[str]) -> str | None:
-    folder, stem = os.path.split(base)
-    try:
-        names = {n.lower(): n for n in os.listdir(folder or ".")}
-    except OSError:
-        return None
+def _match(names: Sequence[str], base: str, suffixes: Sequence[str]) -> str | None:
+    """The entry of ``names`` that is ``base`` + one of ``suffixes`` (any letter case)."""
+    lower = {n.lower(): n for n in names}
     for suffix in suffixes:
-        hit = names.get((stem + suffix).lower())
+        hit = lower.get((base + suffix).lower())
         if hit:
-            return os.path.join(folder, hit)
+            return hit
+    return None
+
+
+class _Archive:
+    """A local .zip / .tar(.gz) holding products, read in place (GDAL: /vsizip/, /vsitar/)."""
+
+    def __init__(self, path: str, prefix: str) -> None:
+        self.path, self.prefix = path, prefix
+
+    def names(self) -> list[str]:
+        if self.prefix == "/vsizip/":
+            with zipfile.ZipFile(self.path) as zf:
+                return [i.filename for i in zf.infolist() if not i.is_dir()]
+        with tarfile.open(self.path) as tf:
+            return [m.name for m in tf.getmembers() if m.isfile()]
+
+    def read(self, name: str) -> bytes:
+        if self.prefix == "/vsizip/":
+            with zipfile.ZipFile(self.path) as zf:
+                return zf.read(name)
+        with tarfile.open(self.path) as tf:
+            f = tf.extractfile(name)
+            if f is None:
+                raise OSError(f"{name} is not a file in {self.path}")
+            return f.read()
+
+    def gdal_path(self, name: str) -> str:
+        return f"{self.prefix}{self.path}/{name}"
+
+
+def _archive_of(uri: str, gdal_path: str) -> tuple[_Archive, str | None] | None:
+    """(archive, member or None) when the input is a local archive or a member of one."""
+    path, member = gdal_path, None
+    if gdal_path.startswith(("/vsitar/", "/vsizip/")):
+        path = gdal_path[len("/vsitar/") :]
+        if path.startswith("/vsi"):
+            raise ImageError(
+                uri, "is a remote archive; ZY-3 archives are read from local (or mounted) files"
+            )
+        path = path if path.startswith("/") else "/" + path
+        for ext, _ in _ARCHIVES:
+            cut = path.lower().find(ext + "/")
+            if cut >= 0 and os.path.isfile(path[: cut + len(ext)]):
+                path, member = path[: cut + len(ext)], path[cut + len(ext) + 1 :] or None
+                break
+    elif gdal_path.startswith("/vsi"):
+        raise ImageError(
+            uri, "is a remote file; ZY-3 products are read from local (or mounted) files"
+        )
+    for ext, prefix in _ARCHIVES:
+        if path.lower().endswith(ext) and os.path.isfile(path):
+            return _Archive(path, prefix), member
     return None
 
 
 def locate(uri: str, gdal_path: str) -> Product:
-    """The product a ``.tif`` or ``.xml`` input belongs to, its sidecars found by base name.
+    """The product an input names: its ``.tif`` or ``.xml`` (sidecars found by base name),
+    an archive holding one product, or an archive member (``a.tar.gz!/dir/ZY3_...tif``).
 
     Raises
     ------
     ImageError
-        The input is not a local .tif/.xml, or the product has no image file.
+        The input is not a ZY-3 product file, the product has no image, or an archive holds
+        none or several products.
     """
-    if gdal_path.startswith("/vsi"):
-        raise ImageError(
-            uri,
-            "ZY-3 products are read from local files in this version; unpack the archive"
-            " and give the product's .tif, .xml or its folder",
-        )
-    if not os.path.exists(gdal_path):
-        raise ImageError(
-            uri, "file not found; check the path and that it is reachable from the workers"
-        )
-    base, ext = os.path.splitext(gdal_path)
+    found = _archive_of(uri, gdal_path)
+    if found is None:
+        if not os.path.exists(gdal_path):
+            raise ImageError(
+                uri, "file not found; check the path and that it is reachable from the workers"
+            )
+        folder = os.path.dirname(gdal_path)
+        try:
+            names = os.listdir(folder or ".")
+        except OSError:
+            names = []
+        name, tif, xml, rpc = _product_files(uri, os.path.basename(gdal_path), names)
+        return Product(name, os.path.join(folder, tif), _join(folder, xml), _join(folder, rpc))
+    archive, member = found
+    members = archive.names()
+    if member is None:
+        tifs = [
+            n
+            for n in members
+            if n.lower().endswith((".tif", ".tiff")) and PRODUCT_NAME.search(os.path.basename(n))
+        ]
+        if len(tifs) != 1:
+            held = f"holds {len(tifs)} ZY-3 images" + (f" ({', '.join(tifs)})" if tifs else "")
+            fix = f"; name one as {uri}!/{tifs[0]}" if tifs else "; check that it is a ZY-3 product"
+            raise ImageError(uri, held + fix)
+        member = tifs[0]
+    folder = os.path.dirname(member)
+    here = [os.path.basename(n) for n in members if os.path.dirname(n) == folder]
+    name, tif, xml, rpc = _product_files(uri, os.path.basename(member), here)
+    inside = [None if p is None else f"{folder}/{p}".lstrip("/") for p in (tif, xml, rpc)]
+    return Product(name, archive.gdal_path(inside[0] or tif), inside[1], inside[2], archive.read)
+
+
+def _join(folder: str, name: str | None) -> str | None:
+    return None if name is None else os.path.join(folder, name)
+
+
+def _product_files(
+    uri: str, given: str, names: Sequence[str]
+) -> tuple[str, str, str | None, str | None]:
+    """(base name, image, xml, rpc file) of the product whose .tif or .xml is ``given``,
+    among the file ``names`` beside it."""
+    base, ext = os.path.splitext(given)
     if ext.lower() == ".xml":
-        tif = _sibling(base, (".tif", ".tiff"))
+        tif = _match(names, base, (".tif", ".tiff"))
         if tif is None:
             raise ImageError(
                 uri,
-                f"is a metadata file without its image: {os.path.basename(base)}.tif is missing"
-                " beside it; a ZY-3 product is <base>.tif + <base>.rpb + <base>.xml",
+                f"is a metadata file without its image: {base}.tif is missing beside it;"
+                " a ZY-3 product is <base>.tif + <base>.rpb + <base>.xml",
             )
     elif ext.lower() in (".tif", ".tiff"):
-        tif = gdal_path
+        tif = given
     else:
         raise ImageError(
             uri,
             "is not a ZY-3 product file; give the product's .tif or .xml"
-            " (ZY3_NAD|FWD|BWD|MUX_E<lon>_N<lat>_<yyyymmdd>_L1A<id>) or its folder",
+            " (ZY3_NAD|FWD|BWD|MUX_E<lon>_N<lat>_<yyyymmdd>_L1A<id>), its folder or its archive",
         )
-    xml = _sibling(base, (".xml",))
-    rpc = _sibling(base, (".rpb", "_rpc.txt"))
-    return Product(base, tif, xml, rpc)
+    return base, tif, _match(names, base, (".xml",)), _match(names, base, (".rpb", "_rpc.txt"))
 
 
 # -- metadata -----------------------------------------------------------------------------
@@ -155,9 +251,9 @@ class Metadata:
     sun_azimuth: float | None = None
 
 
-def xml_layout(path: str) -> tuple[str | None, ET.Element]:
+def xml_layout(text: str | bytes) -> tuple[str | None, ET.Element]:
     """The XML's layout (``ZY3-SASMAC``, ``ZY3-CRESDA`` or None) and its root element."""
-    root = ET.parse(path).getroot()
+    root = ET.fromstring(text)
     return LAYOUTS.get(_local(root.tag).lower()), root
 
 
@@ -262,7 +358,7 @@ def recognise_as(uri: str, gdal_path: str) -> tuple[str, str] | None:
         return None
     try:
         product = locate(uri, gdal_path)
-        layout = xml_layout(product.xml)[0] if product.xml else None
+        layout = xml_layout(product.read(product.xml))[0] if product.xml else None
     except (ImageError, ET.ParseError, OSError):
         layout = None
     sensor = m.group(1).upper()
@@ -365,8 +461,8 @@ def _product_metadata(uri: str, product: Product, raster_type: str) -> Metadata:
     if product.xml is None:
         return Metadata()  # the image still orthorectifies; the columns stay empty
     try:
-        layout, root = xml_layout(product.xml)
-    except ET.ParseError as exc:
+        layout, root = xml_layout(product.read(product.xml))
+    except (ET.ParseError, OSError) as exc:
         raise ImageError(
             uri, f"its metadata {os.path.basename(product.xml)} is not valid XML ({exc})"
         ) from None
@@ -398,7 +494,10 @@ def _rpcs(uri: str, product: Product) -> tuple[RPC, str]:
     """The product's RPCs: its .rpb / _rpc.txt sidecar, else RPC tags in the TIFF."""
     if product.rpc is not None:
         try:
-            return rpcmod.read_rpc_file(product.rpc), os.path.basename(product.rpc)
+            text = product.text(product.rpc)
+            rpb = product.rpc.lower().endswith(".rpb")
+            rpc = rpcmod.parse_rpb(text) if rpb else rpcmod.parse_rpc_txt(text)
+            return rpc, os.path.basename(product.rpc)
         except (rpcmod.RPCParseError, OSError) as exc:
             raise ImageError(
                 uri, f"its RPC file {os.path.basename(product.rpc)} is unusable: {exc}"
