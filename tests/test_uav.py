@@ -203,3 +203,110 @@ def test_seed_uav_request_end_to_end(tmp_path, client):
             assert sel.sum() > 0.3 * covered.sum() > 1000
             np.testing.assert_array_equal(band[sel], checker(x, y, BLOCK, b)[sel])
     shutil.rmtree(tmp_path / "uav.zarr")
+
+
+def test_ebee_yaw_turns_the_frames_so_their_overlap_agrees(uav_dir):
+    """The two consecutive eBee frames (4 s apart) overlap; orthorectified with their
+    recorded yaw their overlap correlates clearly better than with the yaw turned by 90°,
+    180° or 270°: the yaw is the direction of the image top."""
+    import dataclasses
+
+    from affine import Affine
+
+    from engine.camera.frame_model import rotation_from_ypr
+    from engine.camera.placement import ground_footprint
+    from engine.grid import Grid
+    from graphs.camera_warp import warp_camera_part
+
+    names = ["tiny_drone_image.jpg", "tiny_drone_image_2.jpg"]
+    srcs = list(probe(uav_dir, names, {"constantZ": 300}).values())
+    corr = {}
+    for turn in (0, 90, 180, 270):
+        parts = []
+        for s in srcs:
+            m = s.parts[0].model
+            turned = rotation_from_ypr(s.extra["heading"] + turn)
+            m = dataclasses.replace(m, rotation=tuple(turned.ravel()))
+            parts.append(dataclasses.replace(s.parts[0], model=m))
+        left, bottom, right, top = (
+            ground_footprint(parts[0].model).intersection(ground_footprint(parts[1].model)).bounds
+        )
+        g = Grid(srcs[0].parts[0].grid.crs, Affine(2, 0, left, 0, -2, top),
+                 (int((top - bottom) / 2), int((right - left) / 2)))  # fmt: skip
+        (a, ca), (b, cb) = (warp_camera_part(p, g, "bilinear", None, "float32") for p in parts)
+        both = ca & cb
+        corr[turn] = np.corrcoef(a.mean(0)[both], b.mean(0)[both])[0, 1]
+    assert corr[0] > 0.5 and corr[0] > max(corr[90], corr[180], corr[270]) + 0.1, corr
+
+
+def test_exif_only_jpeg_with_orientation(tmp_path):
+    """A JPEG whose EXIF carries the GPS position and Orientation 6 (stored turned 90°):
+    its ortho must show the ground; read as if upright, it must not."""
+    import dataclasses
+
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy as rio_copy
+
+    from graphs.camera_warp import warp_camera_part
+
+    exif = {"EXIF_Orientation": "6", "EXIF_GPSLatitude": "(10) (0) (0)", "EXIF_GPSLatitudeRef": "N",
+            "EXIF_GPSLongitude": "(2) (0) (0)", "EXIF_GPSLongitudeRef": "E",
+            "EXIF_GPSAltitude": "(200)", "EXIF_GPSAltitudeRef": "0x00", "EXIF_Make": "Canon",
+            "EXIF_Model": "Test", "EXIF_FocalLength": "(20)"}  # fmt: skip
+    path = tmp_path / "turned.jpg"
+
+    def write(data):
+        with MemoryFile() as mf:
+            h, w = data.shape[1:]
+            with mf.open(driver="GTiff", width=w, height=h, count=3, dtype="uint8") as ds:
+                ds.write(data)
+                ds.update_tags(**exif)
+            with mf.open() as src:
+                rio_copy(src, str(path), driver="JPEG", QUALITY=100)
+
+    write(np.zeros((3, 160, 120), "uint8"))  # stored 120 wide x 160 high: displayed 160 x 120
+    cam = {"FocalLength": 20, "PixelSize": 50, "columns": 160, "rows": 120}
+    params = {"cameraProperties": cam, "constantZ": 100}
+    src = uav.probe(str(path), str(path), "turned", params)
+    model = src.parts[0].model
+    assert model.orientation == 6 and model.displayed_shape == (120, 160)
+    assert src.extra["heading_source"] == "north-up" and src.extra["flight_height"] == 100
+    render_frame(model, tmp_path / "tmp.tif", block=30.0)
+    with rasterio.open(tmp_path / "tmp.tif") as ds:
+        write(ds.read())
+    grid = src.parts[0].grid
+    x, y = grid.xy(
+        *np.meshgrid(np.arange(grid.height) + 0.5, np.arange(grid.width) + 0.5, indexing="ij")
+    )
+    truth = checker(x, y, 30.0, 0).astype(int)
+
+    def agreement(m):
+        part = dataclasses.replace(src.parts[0], model=m)
+        data, cov = warp_camera_part(part, grid, "nearest", None, "uint8")
+        return (np.abs(data[0].astype(int) - truth)[cov] < 30).mean()
+
+    assert agreement(model) > 0.97
+    assert agreement(dataclasses.replace(model, orientation=1, image_shape=(120, 160))) < 0.8
+
+
+def test_minimum_flight_height_and_dem_heights(uav_dir, tmp_path):
+    """MinimumFlightHeight refuses low frames; with a DEM, isAltitudeFlightHeight puts the
+    camera that high above the DEM under it, else the altitude is on the DEM's datum."""
+    names = ["tiny_drone_image.jpg", "tiny_drone_image_2.jpg"]  # 438.19 / 439.50 m
+    out = probe(uav_dir, names, {"constantZ": 300, "MinimumFlightHeight": "139"})
+    assert "MinimumFlightHeight" in out[names[0]].reason
+    assert out[names[1]].extra["flight_height"] == pytest.approx(139.496)
+    from affine import Affine
+
+    dem = tmp_path / "dem.tif"  # geographic DEM under the frames: 250 m + 0.5 m per column
+    with rasterio.open(dem, "w", driver="GTiff", width=40, height=40, count=1, dtype="float32",
+                       crs="EPSG:4326", transform=Affine(1e-4, 0, -81.708, 0, -1e-4, 41.228)) as d:  # fmt: skip
+        d.write((250 + 0.5 * np.arange(40)[None, :] * np.ones((40, 1))).astype("float32"), 1)
+    col = (-81.70550108 - -81.708) / 1e-4  # the first frame's column in the DEM
+    ground = 250 + 0.5 * (col - 0.5)
+    above = probe(uav_dir, names[:1], {"dem": {"uri": str(dem)}, "isAltitudeFlightHeight": True})
+    src = above[names[0]]
+    assert src.extra["flight_height"] == pytest.approx(438.189)
+    assert src.parts[0].model.centre[2] == pytest.approx(ground + 438.189, abs=0.01)
+    absolute = probe(uav_dir, names[:1], {"dem": {"uri": str(dem)}})[names[0]]
+    assert absolute.extra["flight_height"] == pytest.approx(438.189 - ground, abs=0.01)
