@@ -614,3 +614,26 @@ def test_metadata_is_optional_but_must_be_zy3(qb2, tmp_path):
     with pytest.raises(ImageError, match="metadata file without its image"):
         tif.unlink()
         zy3.cresda.probe(str(tif.with_suffix(".xml")), str(tif.with_suffix(".xml")), "x", {})
+
+
+def test_interpolating_methods_chunk_like_the_whole_image(qb2, tmp_path):
+    """Downsampling bilinear/cubic onto 9 m cells in 256-pixel chunks, the image's resampling
+    scale fixed: identical to the whole-image warp with the exact transformer, within 1 DN
+    with the 1e-4 px one the engine uses for interpolating methods."""
+    pixels, rpc = qb2
+    tif = make_product(tmp_path, "NAD", "0000000007", pixels, rpc, "rpb", None)
+    grid = Grid("EPSG:32735", Affine(9, 0, 255084, 0, -9, 6273756), (1066, 671))
+    opts = {"RPC_HEIGHT": "230"}
+    for method, tol in (("bilinear", 0.0), ("cubic", 0.0), ("bilinear", 1e-4)):
+        kw = dict(bands=[1], dtype="uint8", options=opts, scale=(0.72, 0.72), tolerance=tol)
+        whole, covered = warp_rpc(str(tif), rpc, grid, method, **kw)
+        chunked = np.zeros_like(whole)
+        for r in range(0, grid.height, 256):
+            for c in range(0, grid.width, 256):
+                sub = grid.window(r, c, min(256, grid.height - r), min(256, grid.width - c))
+                chunked[:, r : r + sub.height, c : c + sub.width] = warp_rpc(
+                    str(tif), rpc, sub, method, **kw
+                )[0]
+        diff = np.abs(chunked.astype(int) - whole)
+        assert covered.mean() > 0.5
+        assert diff.max() == 0 if tol == 0 else diff.max() <= 1, (method, tol)

@@ -2,8 +2,9 @@
 through their RPCs onto the collection grid.
 
 A ZY-3 product is ``<base>.tif`` + ``<base>.rpb`` (or ``<base>_rpc.txt``) + ``<base>.xml``
-sharing the base name ``ZY3_NAD|FWD|BWD|MUX_E<lon>_N<lat>_<yyyymmdd>_L1A<id>``. Either the
-``.tif``, the ``.xml`` or a directory holding products may be given. The two types differ in
+sharing the base name ``ZY3_NAD|FWD|BWD|MUX_E<lon>_N<lat>_<yyyymmdd>_L1A<id>``. The
+``.tif``, the ``.xml``, a directory holding products, a local .zip/.tar(.gz) of one product
+or a member of one (``a.tar.gz!/dir/ZY3_...tif``, read in place) may be given. The types differ in
 the XML layout of whoever distributed the product (no real product is public, so both are
 inferred from the code of readers that parse them: a GDAL fork's ZiYuan reader and ZY-3
 archiving tools):
