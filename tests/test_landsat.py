@@ -51,7 +51,11 @@ PRODUCTS = [
     "LE07_L1TP_104078_20130429_20161124_01_T1",  # Collection 1
     "LC81060712016134LGN00",  # pre-collection
 ]
-LANDSAT_QA_FILL = 1  # QA_PIXEL: bit 0 alone marks fill (USGS Landsat product guides)
+# USGS Landsat product guides: QA_PIXEL, BQA and SR_QA_AEROSOL mark fill with bit 0 alone
+# (the value 1); QA_RADSAT and SR_CLOUD_QA have no fill value, QA_PIXEL's fill bit says.
+LANDSAT_QA_FILL = 1
+FILL_ONE = ("QA_PIXEL", "BQA", "SR_QA_AEROSOL")
+FILL_FROM_QA_PIXEL = ("QA_RADSAT", "SR_CLOUD_QA")
 
 
 def _product(shared_data: Path, product: str) -> Path:
@@ -190,10 +194,10 @@ def _cell(meta, band: str) -> float:
 
 def _fill(band: str, dtype: str) -> tuple[float | None, float]:
     """(declared nodata, fill value) of a band file, as USGS writes them."""
-    if band in ("QA_PIXEL", "BQA"):
+    if band in FILL_ONE:
         return None, LANDSAT_QA_FILL  # fill flagged in the QA bits, no nodata tag
-    if band == "QA_RADSAT" or "QA" in band:
-        return None, 0  # 0 is data (no saturation)
+    if band in FILL_FROM_QA_PIXEL:
+        return None, 0  # 0 is data too (no saturation)
     return (-9999, -9999) if dtype == "int16" else (0, 0)
 
 
@@ -301,24 +305,31 @@ def _stored(store: str, row: dict, band: str) -> np.ndarray:
     return zarr.open_array(f"{store}/images/{row['image_id']}/{band}", mode="r")[:]
 
 
+def _warp(path: str, band: str, grid: Grid, resampling: str, row: dict) -> np.ndarray:
+    """GDAL's warp of one band file onto ``grid`` in one call: the exact transformer, the
+    image's resampling scale, QA bands nearest, the file's fill mapped to the image's nodata."""
+    with rasterio.open(path) as ds:
+        qa = "QA" in band
+        fill = LANDSAT_QA_FILL if band in FILL_ONE and ds.nodata is None else ds.nodata
+        ref, _ = gdal_warp(
+            ds, grid, "nearest" if qa else resampling, src_nodata=fill,
+            dst_nodata=row["nodata"], dtype=row["dtype"],
+            scale=resampling_scale(Grid(ds.crs, ds.transform, ds.shape), grid),
+        )  # fmt: skip
+    return ref[0]
+
+
 def assert_pixels_equal_gdal(store: str, row: dict, band_paths: dict[str, str], resampling: str):
-    """Each stored band equals GDAL's warp of its band file onto the image's grid in one
-    call with the exact transformer and the image's resampling scale; QA bands nearest,
-    their fill 1 and every file's own nodata mapped to the image's nodata. Nearest is
-    identical; interpolated float32 values agree to float32 rounding (an ulp)."""
+    """Each stored band equals GDAL's warp of its band file onto the image's grid (see
+    _warp); QA_RADSAT is nodata where QA_PIXEL is fill. Nearest is identical; interpolated
+    float32 values agree to float32 rounding (an ulp)."""
     grid = _grid(row)
     for band in row["band_names"]:
-        with rasterio.open(band_paths[band]) as ds:
-            qa = "QA" in band
-            fill = (
-                LANDSAT_QA_FILL if band in ("QA_PIXEL", "BQA") and ds.nodata is None else ds.nodata
-            )
-            ref, _ = gdal_warp(
-                ds, grid, "nearest" if qa else resampling, src_nodata=fill,
-                dst_nodata=row["nodata"], dtype=row["dtype"],
-                scale=resampling_scale(Grid(ds.crs, ds.transform, ds.shape), grid),
-            )  # fmt: skip
-        got, ref = _stored(store, row, band), ref[0]
+        qa = "QA" in band
+        ref = _warp(band_paths[band], band, grid, resampling, row)
+        if band in FILL_FROM_QA_PIXEL:
+            ref[np.isnan(_warp(band_paths["QA_PIXEL"], "QA_PIXEL", grid, "nearest", row))] = np.nan
+        got = _stored(store, row, band)
         if qa or resampling == "nearest" or got.dtype.kind != "f":
             np.testing.assert_array_equal(got, ref, err_msg=band)  # NaN positions included
         else:
@@ -422,12 +433,20 @@ def test_landsat7_archive_with_pan_ingests_as_two_images(client, shared_data, tm
         paths = {b: f"/vsitar/{archive}/{meta.band_files[b]}" for b in row["band_names"]}
         assert_pixels_equal_gdal(result.store, row, paths, "nearest")
     assert_footprint_inside_corners(ms, meta, cell=240.0)
+    # the fill collar (QA_RADSAT's zeros there included) is not in the footprint
+    (x0, y0), (x1, y1) = meta.corners_xy["UL"], meta.corners_xy["LR"]
+    to_lonlat = Transformer.from_crs(f"EPSG:{meta.epsg}", "EPSG:4326", always_xy=True)
+    collar = shapely.Point(to_lonlat.transform(x0 + 0.05 * (x1 - x0), y0 + 0.05 * (y1 - y0)))
+    middle = shapely.Point(to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2))
+    footprint = shapely.from_wkb(ms["footprint"])
+    assert footprint.contains(middle) and not footprint.contains(collar)
 
 
 def test_mixed_band_types_keep_every_value(client, shared_data, tmp_path):
     """Landsat 9 Level-2: uint16 reflectance (fill 0), int16 temperature layers (fill
-    -9999), uint8 aerosol QA. On the product's own grid (a pure shift) every stored value
-    is the file's value, and every fill is the image's one nodata: nothing is cast away."""
+    -9999), uint8 aerosol QA (fill 1), QA_RADSAT (no fill: QA_PIXEL's says). On the
+    product's own grid (a pure shift) every stored value is the file's value, and every
+    fill is the image's one nodata: nothing is cast away, no fill passes for data."""
     product = "LC09_L2SP_010065_20220129_20220131_02_T1"
     folder = _metadata_only(shared_data, tmp_path, product)
     meta = parse_mtl(next(folder.glob("*_MTL.txt")).read_text())
@@ -452,7 +471,14 @@ def test_mixed_band_types_keep_every_value(client, shared_data, tmp_path):
             col, line = ~ds.transform @ (grid.transform.c, grid.transform.f)
             r0, c0 = -round(line), -round(col)  # where the file sits in the grid
             got = _stored(result.store, row, band)[r0 : r0 + ds.height, c0 : c0 + ds.width]
-            fill = src == ds.nodata if ds.nodata is not None else np.zeros(src.shape, bool)
+            if band in FILL_ONE:
+                fill = src == LANDSAT_QA_FILL
+            elif band in FILL_FROM_QA_PIXEL:
+                with rasterio.open(folder / meta.band_files["QA_PIXEL"]) as qa:
+                    fill = qa.read(1) == LANDSAT_QA_FILL
+            else:
+                fill = src == ds.nodata
+            assert fill.any() and (~fill).any()
             np.testing.assert_array_equal(got[~fill], src[~fill].astype("float32"), err_msg=band)
             assert np.isnan(got[fill]).all(), band
 

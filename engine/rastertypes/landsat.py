@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
+from xml.sax.saxutils import escape
 
 import rasterio
 from rasterio.errors import RasterioIOError
@@ -39,8 +40,8 @@ PRODUCT_TYPES = ("Multispectral", "Panchromatic", "All")
 PAN_BAND = "B8"
 PAN_GROUP = "panchromatic"
 MS_GROUP = "multispectral"
-# Landsat's QA_PIXEL marks fill with the value 1 (bit 0 alone); files may not declare it.
-QA_PIXEL_FILL = 1.0
+# QA_PIXEL, BQA and SR_QA_AEROSOL mark fill with the value 1 (bit 0 alone), untagged.
+QA_FILL = 1.0
 
 _MTL_NAME = re.compile(r"_MTL\.(txt|json|xml)$", re.IGNORECASE)
 _ARCHIVE = re.compile(r"\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
@@ -325,19 +326,24 @@ def _is_qa(band: str) -> bool:
 
 
 def _part(uri: str, product: _Product, meta: MtlMetadata, band: str) -> SourcePart:
-    """One band file as a part: its own grid, type and nodata, read from the file header."""
+    """One band file as a part: its own grid, type and nodata, read from the file header.
+
+    Landsat marks fill in the QA bits rather than a nodata tag for some layers: QA_PIXEL,
+    BQA and SR_QA_AEROSOL fill is the value 1 (bit 0 alone). QA_RADSAT and SR_CLOUD_QA have no
+    fill value at all (0 is data), so they are read through a VRT whose mask is QA_PIXEL's
+    fill bit: their fill pixels become nodata, and the footprint stays the scene's data.
+    """
     file_name = meta.band_files[band]
     path = product.gdal_path(file_name)
-    try:
-        with rasterio.open(path) as ds:
-            if ds.crs is None or ds.transform.is_identity:
-                raise ImageError(uri, f"band file {file_name} is not georeferenced")
-            grid = Grid(as_crs(ds.crs), ds.transform, (ds.height, ds.width))
-            dtype, nodata = ds.dtypes[0], ds.nodata
-    except RasterioIOError as exc:
-        raise ImageError(uri, f"band file {file_name} cannot be read ({exc})") from None
-    if nodata is None and band == "QA_PIXEL":
-        nodata = QA_PIXEL_FILL
+    grid, dtype, nodata = _header(uri, path, file_name)
+    if nodata is None and band in _FILL_ONE:
+        nodata = QA_FILL
+    elif nodata is None and band in _MASKED_BY_QA_PIXEL and "QA_PIXEL" in meta.band_files:
+        qa_name = meta.band_files["QA_PIXEL"]
+        if qa_name in product.names():
+            qa_path = product.gdal_path(qa_name)
+            if _header(uri, qa_path, qa_name)[0] == grid:
+                path = _masked_vrt(path, qa_path, grid, dtype)
     return SourcePart(
         path=path,
         band_indexes=(1,),
@@ -346,6 +352,46 @@ def _part(uri: str, product: _Product, meta: MtlMetadata, band: str) -> SourcePa
         dtype=dtype,
         nodata=None if nodata is None else float(nodata),
         resampling="nearest" if _is_qa(band) else None,
+    )
+
+
+_FILL_ONE = frozenset({"QA_PIXEL", "BQA", "SR_QA_AEROSOL"})
+_MASKED_BY_QA_PIXEL = frozenset({"QA_RADSAT", "SR_CLOUD_QA"})
+
+
+def _header(uri: str, path: str, file_name: str) -> tuple[Grid, str, float | None]:
+    try:
+        with rasterio.open(path) as ds:
+            if ds.crs is None or ds.transform.is_identity:
+                raise ImageError(uri, f"band file {file_name} is not georeferenced")
+            return (
+                Grid(as_crs(ds.crs), ds.transform, (ds.height, ds.width)),
+                ds.dtypes[0],
+                ds.nodata,
+            )
+    except RasterioIOError as exc:
+        raise ImageError(uri, f"band file {file_name} cannot be read ({exc})") from None
+
+
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32"}  # fmt: skip
+
+
+def _masked_vrt(path: str, qa_path: str, grid: Grid, dtype: str) -> str:
+    """A VRT (an XML string GDAL opens as a dataset) of the band at ``path`` whose mask is
+    "QA_PIXEL is not fill" (the lookup table sends the fill value 1 to 0, all else to 255)."""
+    t = grid.transform
+    return (
+        f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">'
+        f"<SRS>{escape(grid.crs_wkt)}</SRS>"
+        f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
+        f'<VRTRasterBand dataType="{_GDAL_TYPES[dtype]}" band="1"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+        "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
+        '<MaskBand><VRTRasterBand dataType="Byte"><ComplexSource>'
+        f'<SourceFilename relativeToVRT="0">{escape(qa_path)}</SourceFilename>'
+        "<SourceBand>1</SourceBand><LUT>0:255,1:0,2:255</LUT></ComplexSource>"
+        "</VRTRasterBand></MaskBand></VRTDataset>"
     )
 
 
