@@ -3,6 +3,7 @@ request shape end to end on synthetic frames rendered from a known ground patter
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -97,10 +98,11 @@ def test_gps_rows_from_the_odm_table_place_the_frame_like_its_exif(uav_dir):
     lines = (uav_dir / "odm_lla_rpy.csv").read_text().splitlines()[1:]
     rows = [line.split()[:4] for line in lines]  # strings, as the seed sends them
     exif = probe(uav_dir, ["100_0005_0018.tif"], {})["100_0005_0018.tif"]
-    gps = probe(uav_dir, ["100_0005_0018.tif"], {"GPS": rows, "constantz": 186.57 - 99.96})
-    src = gps["100_0005_0018.tif"]
-    assert src.extra["flight_height"] == pytest.approx(99.96, abs=1e-6)
-    assert src.footprint.symmetric_difference(exif.footprint).area < 0.01 * exif.footprint.area
+    for gps_value in (rows, json.dumps(rows)):  # a list, or JSON text as a REST form sends it
+        gps = probe(uav_dir, ["100_0005_0018.tif"], {"GPS": gps_value, "constantz": 186.57 - 99.96})
+        src = gps["100_0005_0018.tif"]
+        assert src.extra["flight_height"] == pytest.approx(99.96, abs=1e-6)
+        assert src.footprint.symmetric_difference(exif.footprint).area < 0.01 * exif.footprint.area
 
 
 def test_ebee_and_micasense_with_constant_ground(uav_dir):

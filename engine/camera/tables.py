@@ -62,6 +62,16 @@ class Camera:
     film_fiducials: tuple[tuple[float, float], ...] = ()
 
 
+def json_value(value: Any) -> Any:
+    """A parameter sent as JSON text (form-encoded REST requests) decoded; else as given."""
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _read(uri: str, parameter: str) -> str:
     path = uri[7:] if uri.startswith("file://") else uri
     if not os.path.exists(path):
@@ -128,7 +138,7 @@ def frame_table(params: Mapping[str, Any]) -> tuple[dict[str, FramePose], CRS]:
     """
     low = {str(k).lower(): v for k, v in params.items()}
     parameter = f"{P}.frames"
-    value = low.get("frames")
+    value = json_value(low.get("frames"))
     radians = str(low.get("angleunits") or "degrees").strip().lower().startswith("rad")
     crs_value = low.get("framessr") or low.get("framesr")
     own_crs: Any = None
@@ -190,7 +200,7 @@ def camera_from_params(params: Mapping[str, Any]) -> Camera:
     """
     low = {str(k).lower(): v for k, v in params.items()}
     parameter = f"{P}.camera"
-    value = low.get("camera")
+    value = json_value(low.get("camera"))
     if isinstance(value, str):
         text = _read(value, parameter)
         value = yaml.safe_load(text)

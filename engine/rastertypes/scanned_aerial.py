@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.camera.frame_model import Interior, fit_film_to_pixel
-from engine.camera.tables import Camera, P
+from engine.camera.tables import Camera, P, json_value
 from engine.errors import ImageError, RequestError
 from engine.rastertypes.aerial import probe_frames
 from engine.rastertypes.base import ImageSource
@@ -48,7 +48,7 @@ def _scan_resolution(params: Mapping[str, Any]) -> float:
 
 def _fiducial_pixels(params: Mapping[str, Any]) -> dict[str, Any] | list[Any] | None:
     low = {str(k).lower(): v for k, v in params.items()}
-    value = low.get("fiducialpixels")
+    value = json_value(low.get("fiducialpixels"))
     if value in (None, "", [], {}):
         return None
     if isinstance(value, Mapping):

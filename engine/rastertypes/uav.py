@@ -35,6 +35,7 @@ from engine.camera.frame_model import FrameModel, rotation_from_ypr
 from engine.camera.frames import frame_bands, frame_source
 from engine.camera.placement import ground_height
 from engine.camera.sensors import camera_properties, interior_for
+from engine.camera.tables import json_value
 from engine.dem import Terrain, terrain_from_params
 from engine.errors import ImageError, RequestError
 from engine.rastertypes.base import ImageSource
@@ -114,8 +115,8 @@ def settings(params: Mapping[str, Any]) -> Settings:
         raise RequestError(f"{_P}.MinimumFlightHeight", minimum, "is not a number",
                            "give a height in metres") from None  # fmt: skip
     return Settings(
-        gps=_gps_rows(lower.get("gps")),
-        camera=camera_properties(lower.get("cameraproperties")),
+        gps=_gps_rows(json_value(lower.get("gps"))),
+        camera=camera_properties(json_value(lower.get("cameraproperties"))),
         terrain=terrain_from_params(params, default_height=None),
         altitude_is_flight_height=_flag(lower, "isaltitudeflightheight"),
         minimum_flight_height=min_height,
