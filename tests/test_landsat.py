@@ -263,7 +263,7 @@ def test_every_band_of_each_generation_probes(shared_data, tmp_path, product):
         (img,) = rtype.probe(str(given), str(given), given.name, {})
         ids.add(img.image_id)
     assert len(ids) == 1, "one product is one image, whichever MTL or the folder is given"
-    assert img.name == meta.product_id and img.group == ""
+    assert img.name == meta.product_id and img.group == "multispectral"
     assert img.band_names == [b for b in meta.band_files if b != "B8"]
     assert img.acquisition_time == meta.acquisition_time
     assert img.cloud_cover == meta.cloud_cover

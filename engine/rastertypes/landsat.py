@@ -20,6 +20,7 @@ import re
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any
 from xml.sax.saxutils import escape
@@ -87,21 +88,32 @@ class _Product:
             return os.path.join(self.root, name)
         return f"/vsitar/{self.root}/{_members(self.root)[self.prefix][name]}"
 
-    def uri(self, name: str) -> str:
-        if not self.archive:
-            return os.path.join(self.root, name)
-        return f"{self.root}!/{_members(self.root)[self.prefix][name]}"
-
 
 def _members(archive: str) -> dict[str, dict[str, str]]:
-    """Member folder -> {file name: member path} of a tar archive (listed once per call)."""
+    """Member folder -> {file name: member path} of a tar archive.
+
+    Listing a .tar.gz decompresses all of it, so a listing is kept while the archive's size
+    and modification time stay the same.
+    """
+    st = os.stat(archive)
+    return _listing(archive, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _listing(archive: str, size: int, mtime_ns: int) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     with tarfile.open(archive) as tar:
         for m in tar.getmembers():
             if m.isfile():
                 p = PurePosixPath(m.name)
-                out.setdefault(str(p.parent).lstrip("./"), {})[p.name] = m.name
+                out.setdefault(_folder(p), {})[p.name] = m.name
     return out
+
+
+def _folder(member: PurePosixPath) -> str:
+    """The folder of an archive member, "" at the top."""
+    parent = str(member.parent)
+    return "" if parent == "." else parent
 
 
 def _locate(uri: str, gdal_path: str) -> tuple[_Product, str]:
@@ -114,7 +126,7 @@ def _locate(uri: str, gdal_path: str) -> tuple[_Product, str]:
         archive, member = inner[: m.end(1)], inner[m.end() :]
         if not os.path.isfile(archive):
             raise ImageError(uri, "archive not found; check the path")
-        folder = str(PurePosixPath(member).parent).lstrip("./") if member else ""
+        folder = _folder(PurePosixPath(member)) if member else ""
         product = _Product(archive, folder, archive=True)
         if member and _MTL_NAME.search(member):
             return product, PurePosixPath(member).name
@@ -311,7 +323,7 @@ def _image(
         parts=parts,
         product_name=meta.processing_level,
         sensor=f"{meta.spacecraft.replace('_', ' ').title()} {meta.sensor}",
-        group=group if kind == "All" else "",
+        group=group,
         acquisition_time=meta.acquisition_time,
         cloud_cover=meta.cloud_cover,
         sun_elevation=meta.sun_elevation,
