@@ -16,6 +16,7 @@ pixels themselves (the transform is a pure integer shift, which GDAL's nearest r
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
+from engine.chunkread import WindowReader
 from engine.grid import Grid
 
 OPERATIONS = ("first", "last", "min", "max", "mean")
@@ -54,12 +56,17 @@ class StoredImage:
             raise KeyError(f"image {self.image_id} has no band {name!r}") from None
 
 
+# Chunk decoding for every collection served by this process (see engine.chunkread).
+_CHUNK_POOL = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2), thread_name_prefix="chunks")
+
+
 class ImageIndex:
     """Opened image groups of one store, cached: opening a group reads its metadata once."""
 
     def __init__(self, store_path: str, crs: CRS) -> None:
         self.root = zarr.open_group(store_path, mode="r")
         self.crs = crs
+        self.reader = WindowReader(_CHUNK_POOL)
         self._cache: dict[str, StoredImage] = {}
         self._lock = threading.Lock()
 
@@ -121,15 +128,49 @@ def source_window(img: Grid, dst: Grid, resampling: str) -> tuple[int, int, int,
     return r0, r1, c0, c1
 
 
+@dataclass
+class Piece:
+    """One image's contribution: ``vals`` (bands, h, w) and ``valid`` (h, w) for the
+    destination rows ``rows`` and columns ``cols`` (the part of it the image can reach)."""
+
+    rows: slice
+    cols: slice
+    vals: np.ndarray
+    valid: np.ndarray
+
+
+def _same_frame_nearest(img: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray] | None:
+    """For nearest on the same CRS with both grids axis-aligned, the source row of each
+    destination row and the source column of each destination column (as GDAL's nearest
+    picks them: the pixel under the destination pixel's centre); else None."""
+    t, d = img.transform, dst.transform
+    if not (img.is_axis_aligned and dst.is_axis_aligned) or img.crs_wkt != dst.crs_wkt:
+        return None
+    xs = d.c + (np.arange(dst.width) + 0.5) * d.a
+    ys = d.f + (np.arange(dst.height) + 0.5) * d.e
+    cols = np.floor((xs - t.c) / t.a).astype("int64")
+    rows = np.floor((ys - t.f) / t.e).astype("int64")
+    return rows, cols
+
+
 def warp_image(
-    img: StoredImage, bands: Sequence[str], dst: Grid, resampling: str = "nearest"
-) -> np.ndarray | None:
-    """``bands`` of one stored image warped onto ``dst`` as float64, NaN where not valid."""
+    img: StoredImage,
+    bands: Sequence[str],
+    dst: Grid,
+    resampling: str = "nearest",
+    reader: WindowReader | None = None,
+) -> Piece | None:
+    """``bands`` of one stored image on ``dst``: nearest on the same frame is an index
+    lookup; anything else is GDAL's warp of the window the destination needs."""
+    index = _same_frame_nearest(img.grid, dst) if resampling == "nearest" else None
+    reader = reader or WindowReader(_CHUNK_POOL)
+    if index is not None:
+        return _lookup(img, bands, *index, reader)
     win = source_window(img.grid, dst, resampling)
     if win is None:
         return None
     r0, r1, c0, c1 = win
-    src = np.stack([np.asarray(img.band(b)[r0:r1, c0:c1]) for b in bands])
+    src = reader.read([img.band(b) for b in bands], r0, r1, c0, c1)
     if img.fill is not None and src.dtype.kind == "f" and not math.isnan(img.fill):
         src = np.where(src == img.fill, np.nan, src)
         fill: float | None = math.nan
@@ -147,7 +188,47 @@ def warp_image(
         dst_nodata=math.nan,
         resampling=Resampling[resampling],
     )
-    return out
+    valid = np.isfinite(out[0])
+    if not valid.any():
+        return None
+    return Piece(slice(0, dst.height), slice(0, dst.width), out, valid)
+
+
+def _span(index: np.ndarray, size: int) -> slice | None:
+    """The destination positions whose (monotonic) source index falls inside [0, size)."""
+    inside = np.nonzero((index >= 0) & (index < size))[0]
+    return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else None
+
+
+def _lookup(
+    img: StoredImage,
+    bands: Sequence[str],
+    rows: np.ndarray,
+    cols: np.ndarray,
+    reader: WindowReader,
+) -> Piece | None:
+    ys, xs = _span(rows, img.grid.height), _span(cols, img.grid.width)
+    if ys is None or xs is None:
+        return None
+    r, c = rows[ys], cols[xs]
+    r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
+    window = reader.read([img.band(b) for b in bands], r0, r1, c0, c1)
+    if r.size == r1 - r0 and c.size == c1 - c0:  # the same cell size: the window itself
+        vals = window
+    else:  # decimation: pick the rows and columns under the destination pixels
+        vals = window[:, (r - r0)[:, None], (c - c0)[None, :]]
+    first = vals[0]
+    if img.fill is None:
+        valid = np.ones(first.shape, dtype=bool)
+    elif math.isnan(img.fill):
+        valid = ~np.isnan(first)
+    else:
+        valid = first != img.fill
+        if first.dtype.kind == "f":
+            valid &= ~np.isnan(first)
+    if not valid.any():
+        return None
+    return Piece(ys, xs, vals, valid)
 
 
 def render(
@@ -181,15 +262,14 @@ def render(
     filled = np.zeros(dst.shape, dtype=bool)
     count = np.zeros(dst.shape, dtype="int64") if operation == "mean" else None
 
-    def one(image_id: str) -> np.ndarray | None:
-        return warp_image(index.get(image_id), bands, dst, resampling)
+    def one(image_id: str) -> Piece | None:
+        return warp_image(index.get(image_id), bands, dst, resampling, index.reader)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         # bounded look-ahead: at most 2 × threads warped images wait in memory
         pending: list[Any] = []
         it = iter(ids)
-        done = False
-        while not done:
+        while True:
             while len(pending) < 2 * max(1, threads):
                 nxt = next(it, None)
                 if nxt is None:
@@ -197,29 +277,38 @@ def render(
                 pending.append(pool.submit(one, nxt))
             if not pending:
                 break
-            vals = pending.pop(0).result()
-            if vals is None:
+            piece = pending.pop(0).result()
+            if piece is None:
                 continue
-            take = np.isfinite(vals[0])
-            if operation == "first":
-                take &= ~filled
-                out[:, take] = vals[:, take]
-            elif operation == "mean":
-                assert count is not None
-                out[:, take & ~filled] = 0.0
-                out[:, take] += vals[:, take]
-                count += take
-            else:
-                better = vals < out if operation == "min" else vals > out
-                m = take & ~filled
-                out[:, m] = vals[:, m]
-                keep = take[None] & better
-                out[keep] = vals[keep]
-            filled |= take
+            _combine(out, filled, count, piece, operation)
             if operation == "first" and filled.all():
-                done = True
                 for f in pending:
                     f.cancel()
+                break
     if count is not None:
         out[:, filled] /= count[filled]
     return out, filled
+
+
+def _combine(
+    out: np.ndarray, filled: np.ndarray, count: np.ndarray | None, piece: Piece, operation: str
+) -> None:
+    """Fold one image's piece into the mosaic, in place, on the piece's rectangle only."""
+    o = out[:, piece.rows, piece.cols]
+    f = filled[piece.rows, piece.cols]
+    take = piece.valid
+    vals = piece.vals
+    if operation == "first":
+        new = take & ~f
+        np.copyto(o, vals, where=new[None], casting="unsafe")
+    elif operation == "mean":
+        assert count is not None
+        o[:, take & ~f] = 0.0
+        np.add(o, vals, out=o, where=take[None], casting="unsafe")
+        count[piece.rows, piece.cols] += take
+    else:
+        vf = vals.astype("float64", copy=False)
+        better = (vf < o) if operation == "min" else (vf > o)
+        m = take[None] & (better | ~f[None])
+        np.copyto(o, vf, where=m)
+    filled[piece.rows, piece.cols] = f | take

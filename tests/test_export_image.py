@@ -199,3 +199,19 @@ def test_export_refusals(http, params, message):
     body = r.json()
     assert r.status_code == 200 and body["error"]["code"] == 400, body
     assert message in body["error"]["message"] + " ".join(body["error"]["details"]), body
+
+
+def test_tiff_compression(http):
+    bbox = f"{X0},{Y0 - 1800},{X0 + 2000},{Y0}"
+    with export(http, bbox=bbox, size="100,90", format="tiff") as ds:
+        raw = ds.read()
+        assert ds.compression is None  # the default sends the pixels as they are
+    for name, gdal in (("LZ77", "deflate"), ("LZW", "lzw")):
+        with export(http, bbox=bbox, size="100,90", format="tiff", compression=name) as ds:
+            assert ds.compression.value.lower() == gdal
+            np.testing.assert_array_equal(ds.read(), raw)  # lossless
+    body = http.get(
+        f"{BASE}/exportImage",
+        params={"bbox": bbox, "format": "tiff", "compression": "JPEG", "f": "json"},
+    ).json()
+    assert body["error"]["code"] == 400 and "pixelType=U8" in body["error"]["details"][0]

@@ -22,7 +22,8 @@ _MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "GTiff": "image/tiff"}
 def encode(img: _Export, quality: int = 75) -> tuple[bytes, str]:
     """The image's bytes and media type, per ``img.fmt``."""
     if img.fmt == "tiff":
-        return _write(img.data, img, "GTiff", nodata=img.nodata, compress="deflate")
+        options = {"compress": img.compression} if img.compression else {}
+        return _write(img.data, img, "GTiff", nodata=img.nodata, **options)
     if img.fmt == "png":
         return _write(img.data, img, "PNG", nodata=img.nodata)
     rgb = _display(img)

@@ -63,6 +63,7 @@ class _Export:
     nodata: float
     fmt: str
     stretch: list[tuple[float, float]]  # per output band (min, max) for the display formats
+    compression: str | None = None  # GDAL COMPRESS for tiff (ArcGIS ``compression``)
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -227,7 +228,23 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         data = np.clip(np.floor(data + 0.5), info.min, info.max)
     data[:, ~valid] = nodata
     stretch = [_band_range(d, b) for b in band_ids]
-    return _Export(data.astype(dtype), valid, grid, nodata, fmt, stretch)
+    compression = _compression(params, dtype)
+    return _Export(data.astype(dtype), valid, grid, nodata, fmt, stretch, compression)
+
+
+# ArcGIS ``compression`` (tiff only) → GDAL COMPRESS; the default sends the pixels as they are
+_COMPRESSIONS = {"none": None, "lz77": "deflate", "lzw": "lzw", "jpeg": "jpeg"}
+
+
+def _compression(params: Mapping[str, str], dtype: np.dtype) -> str | None:
+    raw = (params.get("compression") or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in _COMPRESSIONS:
+        raise _bad("Invalid compression", f"{raw!r}: use LZ77, LZW, JPEG or None")
+    if raw == "jpeg" and dtype != np.dtype("uint8"):
+        raise _bad("Invalid compression", "JPEG holds 8-bit pixels: use pixelType=U8 or LZ77")
+    return _COMPRESSIONS[raw]
 
 
 def _band_range(d: Mapping[str, Any], band: int) -> tuple[float, float]:
