@@ -13,8 +13,9 @@ position falls inside the frame (and in front of the camera); ``nearest`` takes 
 containing the position; ``bilinear`` and ``cubic`` (Keys, a = -0.5, as GDAL) weight the
 pixel centres around it, taps beyond the frame edge and nodata taps are dropped and the
 weights renormalised, and a pixel whose nearest source pixel is nodata stays nodata.
-Kernels are not widened when downsampling (the collection's default cell size is the
-finest GSD, so frames are not downsampled); other GDAL methods map to the nearest of these.
+When the destination is coarser than the frame, bilinear and cubic widen by the inverse
+scale as GDAL does, with one scale per frame (measured at its centre) so that chunks
+agree; other GDAL methods map to the nearest of these three.
 """
 
 from __future__ import annotations
@@ -90,25 +91,34 @@ def source_positions(model: FrameModel, dst: Grid) -> tuple[np.ndarray, np.ndarr
     return col, row, inside
 
 
-def _taps(kernel: str, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tap indexes (k, n) and weights (k, n) of a 1-D kernel at positions ``pos``
-    (pixel-corner coordinates)."""
-    if kernel == "nearest":
-        return np.floor(pos)[None].astype(np.int64), np.ones((1, pos.size))
-    centre = pos - 0.5
-    base = np.floor(centre)
-    t = centre - base
+_RADIUS = {"bilinear": 1.0, "cubic": 2.0}
+
+
+def _weights(kernel: str, d: np.ndarray) -> np.ndarray:
+    """Kernel weights at distances ``d`` (in kernel units: source pixels at scale 1)."""
+    d = np.abs(d)
     if kernel == "bilinear":
-        return np.stack([base, base + 1]).astype(np.int64), np.stack([1 - t, t])
-    offsets = np.arange(-1, 3)[:, None]
-    d = np.abs(t[None, :] - offsets)
-    a = -0.5
-    wts = np.where(
+        return np.maximum(0.0, 1.0 - d)
+    a = -0.5  # Keys cubic convolution, as GDAL's "cubic"
+    return np.where(
         d <= 1,
         (a + 2) * d**3 - (a + 3) * d**2 + 1,
         np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0),
     )
-    return (base[None, :] + offsets).astype(np.int64), wts
+
+
+def _taps(kernel: str, pos: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Tap indexes (k, n) and weights (k, n) of a 1-D kernel at positions ``pos``
+    (pixel-corner coordinates); ``scale`` < 1 widens the kernel by 1/scale (downsampling,
+    as GDAL's XSCALE/YSCALE)."""
+    if kernel == "nearest":
+        return np.floor(pos)[None].astype(np.int64), np.ones((1, pos.size))
+    centre = pos - 0.5
+    reach = _RADIUS[kernel] / scale
+    first = np.floor(centre - reach) + 1
+    n = math.ceil(2 * reach) + 1
+    taps = first[None, :] + np.arange(n)[:, None]
+    return taps.astype(np.int64), _weights(kernel, (taps - centre[None, :]) * scale)
 
 
 def resample(
@@ -117,15 +127,17 @@ def resample(
     row: np.ndarray,
     kernel: str,
     valid: np.ndarray | None,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``window`` (bands, h, w) at fractional (col, row) of the window: values
     (bands, n) as float64, and whether each result is data.
 
-    ``valid`` marks the window's data pixels (None: all are data).
+    ``valid`` marks the window's data pixels (None: all are data); ``scale`` (destination
+    pixels per source pixel, at most 1) widens the kernel when downsampling.
     """
     bands, h, w = window.shape
-    ci, cw = _taps(kernel, col)
-    ri, rw = _taps(kernel, row)
+    ci, cw = _taps(kernel, col, scale)
+    ri, rw = _taps(kernel, row, scale)
     in_c = (ci >= 0) & (ci < w)
     in_r = (ri >= 0) & (ri < h)
     ci, ri = np.clip(ci, 0, w - 1), np.clip(ri, 0, h - 1)
@@ -146,6 +158,32 @@ def resample(
     with np.errstate(invalid="ignore", divide="ignore"):
         out = acc / np.where(ok, wsum, 1.0)
     return out, ok
+
+
+def downsampling_scale(model: FrameModel, dst: Grid) -> float:
+    """Destination pixels per frame pixel (at most 1), one value per frame and grid
+    resolution: measured at the frame's centre, so every chunk resamples alike (GDAL's
+    XSCALE/YSCALE fixed per image, see engine.plan.resampling_scale)."""
+    return _scale_at_centre(model, dst.crs_wkt, dst.resolution)
+
+
+@lru_cache(maxsize=256)
+def _scale_at_centre(model: FrameModel, dst_wkt: str, res: tuple[float, float]) -> float:
+    from engine.camera.placement import centre_gsd, project_to_terrain
+
+    h, w = model.image_shape
+    x, y, _ = project_to_terrain(model, np.array([w / 2.0]), np.array([h / 2.0]))
+    if dst_wkt != model.crs_wkt:  # one destination cell, measured on the ground there
+        fwd = _transformer(model.crs_wkt, dst_wkt)
+        back = _transformer(dst_wkt, model.crs_wkt)
+        dx, dy = fwd.transform(x, y)
+        xs, ys = back.transform(dx + np.array([0.0, res[0]]), dy + np.array([0.0, 0.0]))
+        cell = float(math.hypot(xs[1] - xs[0], ys[1] - ys[0]))
+    else:
+        cell = float(res[0])
+    if not (cell > 0 and math.isfinite(cell)):
+        return 1.0
+    return min(1.0, round(centre_gsd(model) / cell, 9))
 
 
 def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -176,7 +214,8 @@ def warp_camera_part(
     out = np.full((nb, *dst.shape), fill, dtype=np.dtype(dtype))
     covered = np.zeros(dst.shape, bool)
     if inside.any():
-        reach = 3 if kernel == "cubic" else 2
+        scale = downsampling_scale(model, dst) if kernel != "nearest" else 1.0
+        reach = math.ceil(_RADIUS.get(kernel, 1.0) / scale) + 1
         ih, iw = model.image_shape
         c0 = max(0, math.floor(col[inside].min()) - reach)
         r0 = max(0, math.floor(row[inside].min()) - reach)
@@ -191,7 +230,7 @@ def warp_camera_part(
             nd = part.nodata
             valid = ~(np.isnan(window) if math.isnan(nd) else window == nd).any(axis=0)
         values, ok = resample(
-            window.astype("float64"), col[inside] - c0, row[inside] - r0, kernel, valid
+            window.astype("float64"), col[inside] - c0, row[inside] - r0, kernel, valid, scale
         )
         sel = np.flatnonzero(inside.ravel())[ok]
         flat = out.reshape(nb, -1)
