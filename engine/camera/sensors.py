@@ -4,7 +4,8 @@
 point offset, mm), columns and rows of the sensor; values in the wrong unit are refused
 with the fix. Without it, the pixel size is inferred from the frame's tags, in this order:
 
-1. a short table of common survey cameras (EXIF model → sensor pixel pitch at native width);
+1. a short table of common survey cameras (EXIF model → sensor pixel pitch at native width;
+   a frame wider than that native width is from another sensor of the camera);
 2. FocalLengthIn35mmFilm: sensor diagonal = 43.27 mm × focal / focal35;
 3. the XMP principal point of MicaSense cameras (mm from the sensor corner: half the sensor);
 4. EXIF FocalPlaneX/YResolution at the recorded image size (PixelXDimension).
@@ -138,7 +139,7 @@ def _pixel_from_tags(tags: FrameTags, w: int, h: int) -> tuple[float, str]:
     """Pixel pitch in mm at the frame's own size, and how it was found."""
     make, model = tags.make.lower(), tags.model.lower()
     for (mk, md), (native, pitch_um) in _KNOWN.items():
-        if mk in make and md in model:
+        if mk in make and md in model and w <= native:  # a wider frame is another sensor
             return pitch_um / 1000.0 * native / w, f"known camera {tags.make} {tags.model}"
     if tags.focal_35mm and tags.focal_mm:
         diagonal = _DIAGONAL_35MM * tags.focal_mm / tags.focal_35mm
