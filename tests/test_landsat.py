@@ -440,6 +440,12 @@ def test_landsat7_archive_with_pan_ingests_as_two_images(client, shared_data, tm
     middle = shapely.Point(to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2))
     footprint = shapely.from_wkb(ms["footprint"])
     assert footprint.contains(middle) and not footprint.contains(collar)
+    # the archive given to the other Landsat type: it says which one reads it
+    with pytest.raises(
+        ImageError, match=r'Landsat 7 ETM\+ Collection 2 Level-1 .*"Landsat 7 ETM\+"'
+    ):
+        landsat8.probe(str(archive), str(archive), archive.name, {})
+    assert describe(str(archive), str(archive), exclude="Landsat 8").endswith('"Landsat 7 ETM+"')
 
 
 def test_mixed_band_types_keep_every_value(client, shared_data, tmp_path):

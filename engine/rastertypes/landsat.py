@@ -414,8 +414,9 @@ def recognise_for(raster_type: str, uri: str, gdal_path: str) -> str | None:
     """What the input is, when it is a product of ``raster_type``; else None. Cheap: a
     name test first, then the MTL alone is read."""
     name = PurePosixPath(gdal_path.rstrip("/")).name
-    looks = _MTL_NAME.search(name) or _ARCHIVE.search(name) or _LANDSAT_STEM.match(name)
-    if not looks and not (not gdal_path.startswith("/vsi") and os.path.isdir(gdal_path)):
+    local_dir = not gdal_path.startswith("/vsi") and os.path.isdir(gdal_path)
+    # an archive is opened only when its name is a Landsat one (listing a .tar.gz reads it all)
+    if not (_MTL_NAME.search(name) or _LANDSAT_STEM.match(name) or local_dir):
         return None
     try:
         _, meta = read_metadata(uri, gdal_path)
