@@ -240,14 +240,18 @@ def render(
     resampling: str = "nearest",
     operation: str = "first",
     threads: int = 4,
+    dtype: str | np.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mosaic ``image_ids`` (in priority order) onto ``dst``.
+
+    ``dtype`` (first/last/min/max only) assembles the mosaic in that type instead of
+    float64: for nearest on the stored type it saves two conversions of the whole image.
 
     Returns
     -------
     (data, valid)
-        ``data`` (bands, h, w) float64, NaN where no image has a valid pixel; ``valid`` the
-        (h, w) mask of pixels some image covered.
+        ``data`` (bands, h, w) float64, NaN where no image has a valid pixel (or ``dtype``,
+        0 there); ``valid`` the (h, w) mask of pixels some image covered.
 
     Examples
     --------
@@ -258,7 +262,11 @@ def render(
     ids = list(image_ids)
     if operation == "last":  # last valid wins == first valid of the reversed order
         ids, operation = ids[::-1], "first"
-    out = np.full((len(bands), dst.height, dst.width), np.nan, dtype="float64")
+    shape = (len(bands), dst.height, dst.width)
+    if dtype is not None and operation != "mean":
+        out = np.zeros(shape, dtype=dtype)
+    else:
+        out = np.full(shape, np.nan, dtype="float64")
     filled = np.zeros(dst.shape, dtype=bool)
     count = np.zeros(dst.shape, dtype="int64") if operation == "mean" else None
 
@@ -310,5 +318,5 @@ def _combine(
         vf = vals.astype("float64", copy=False)
         better = (vf < o) if operation == "min" else (vf > o)
         m = take[None] & (better | ~f[None])
-        np.copyto(o, vf, where=m)
+        np.copyto(o, vf, where=m, casting="unsafe")
     filled[piece.rows, piece.cols] = f | take

@@ -215,6 +215,14 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
     table = table.filter(pa.array(hits, type=pa.bool_()))
     order = _ordering(table, rule, area)
     image_ids = table["image_id"].to_pylist()
+    # nearest copies stored values: assembled in the stored type when that is the output's
+    stored = np.dtype(_PIXEL_TYPES.get(service_type, "float64"))
+    direct = (
+        resampling == "nearest"
+        and rule.operation != "mean"
+        and dtype == stored
+        and float(np.array(nodata).astype(dtype)) == nodata
+    )
     data, valid = mosaic.render(
         coll.mosaic_index,
         [str(image_ids[i]) for i in order],
@@ -222,14 +230,15 @@ def _export(name: str, params: Mapping[str, str]) -> _Export:
         grid,
         resampling=resampling,
         operation=rule.operation,
+        dtype=dtype if direct else None,
     )
-    if dtype.kind in "iu":  # GDAL rounds to integers half up and clips to the type's range
+    if not direct and dtype.kind in "iu":  # GDAL rounds to integers half up, clips to range
         info = np.iinfo(dtype)
         data = np.clip(np.floor(data + 0.5), info.min, info.max)
     data[:, ~valid] = nodata
     stretch = [_band_range(d, b) for b in band_ids]
     compression = _compression(params, dtype)
-    return _Export(data.astype(dtype), valid, grid, nodata, fmt, stretch, compression)
+    return _Export(data.astype(dtype, copy=False), valid, grid, nodata, fmt, stretch, compression)
 
 
 # ArcGIS ``compression`` (tiff only) → GDAL COMPRESS; the default sends the pixels as they are
