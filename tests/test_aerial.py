@@ -244,3 +244,19 @@ def test_scanned_frame_orthorectifies_like_the_digital_one(ngi, tmp_path):
     # a resolution the fiducials contradict fails the frame, with the reason
     wrong = scanned_aerial.probe_batch([ref], {**sparams, "scanningResolution": 100})[0]
     assert "fiducials give 149.99" in wrong.reason and "scanningResolution 100" in wrong.reason
+
+
+def test_scan_without_fiducials_is_centred_at_the_scanning_resolution(ngi):
+    """Without fiducials a scan is taken as centred and axis-aligned at
+    scanningResolution: the digital DMC frame (0.144 mm pixels) given as a 144 µm scan
+    lands exactly where the Aerial type puts it."""
+    _, refs, params = ngi
+    terrain = {"constantZ": 411}
+    digital = aerial.probe_batch(refs[:1], {**params, **terrain})[0]
+    scan = scanned_aerial.probe_batch(refs[:1], {**params, **terrain, "scanningResolution": 144})[0]
+    assert scan.extra["scanning_resolution_um"] == 144
+    assert (
+        scan.footprint.symmetric_difference(digital.footprint).area < 1e-6 * digital.footprint.area
+    )
+    with pytest.raises(RequestError, match="scanningResolution"):
+        scanned_aerial.probe_batch(refs[:1], {**params, **terrain})
