@@ -35,9 +35,12 @@ from pyproj import Transformer
 from engine import create_image_collection
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid
+from engine.ingest import probe_all
 from engine.plan import resampling_scale
 from engine.rastertypes import describe, landsat7, landsat8
 from engine.rastertypes.mtl import parse_mtl
+from engine.request import InputRasters
+from engine.sources import resolve_sources
 from graphs.chunk import gdal_warp
 
 L8_L2 = "LC08_L2SP_005009_20150710_20200908_02_T2"
@@ -532,6 +535,12 @@ def test_metadata_without_band_files_fails_clearly(shared_data, tmp_path):
     shutil.copytree(_product(shared_data, product), folder)
     with pytest.raises(ImageError, match="the MTL names band files that are not there: B1, B2"):
         landsat8.probe(str(folder), str(folder), product, {})
+    # through a run: the folder's .txt and .xml are one product, failing once
+    refs = resolve_sources(InputRasters("uris", (str(folder),)), patterns=landsat8.PATTERNS)
+    assert sorted(r.name for r in refs) == [f"{product}_MTL", f"{product}_MTL"]
+    probed, failed = probe_all(refs, "Landsat 8")
+    assert probed == [] and len(failed) == 1
+    assert failed[0].message.startswith("the MTL names band files that are not there: B1, B2")
 
 
 def test_bad_product_type_is_a_request_error(shared_data, tmp_path):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import PurePosixPath
@@ -247,6 +248,48 @@ def probe_product(
     """The image(s) of one Landsat product: one, or two for productType "All"."""
     kind = product_type(params)
     product, meta = read_metadata(uri, gdal_path)
+    return _images(raster_type, uri, product, meta, kind)
+
+
+def probe_products(
+    raster_type: str, refs: Sequence[Any], params: Mapping[str, Any] | None = None
+) -> list[list[ImageSource] | Exception]:
+    """Every source ref's images, each product probed once: a folder holding the .txt,
+    .json and .xml of a product (or the folder and its MTL) gives its images, or its
+    failure, for its first ref and nothing for the others. Metadata reads run in threads."""
+    kind = product_type(params)  # a bad value is a request error, before any work
+
+    def located(ref: Any) -> tuple[_Product, MtlMetadata] | Exception:
+        try:
+            return read_metadata(ref.uri, ref.gdal_path)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(located, refs))
+    first: dict[tuple[str, str, str], int] = {}
+    for i, f in enumerate(found):
+        if not isinstance(f, Exception):
+            first.setdefault((f[0].root, f[0].prefix, f[1].product_id), i)
+
+    def one(i: int) -> list[ImageSource] | Exception:
+        f = found[i]
+        if isinstance(f, Exception):
+            return f
+        if first[(f[0].root, f[0].prefix, f[1].product_id)] != i:
+            return []  # another ref of this product answers for it
+        try:
+            return _images(raster_type, refs[i].uri, f[0], f[1], kind)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, range(len(refs))))
+
+
+def _images(
+    raster_type: str, uri: str, product: _Product, meta: MtlMetadata, kind: str
+) -> list[ImageSource]:
     found = family(meta)
     if found != raster_type:
         fix = f'use rasterTypeName "{found}"' if found else "no raster type reads it yet"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.rastertypes import landsat
@@ -17,6 +17,14 @@ def probe(
 ) -> list[ImageSource]:
     """The image(s) of one Landsat 7 ETM+ product (two with productType "All")."""
     return landsat.probe_product(NAME, uri, gdal_path, name, params)
+
+
+def probe_batch(
+    refs: Sequence[Any], params: Mapping[str, Any] | None = None
+) -> list[list[ImageSource] | Exception]:
+    """The images of every ref, each Landsat 7 ETM+ product probed once (its .txt, .json and
+    .xml, or its folder and its MTL, are one product)."""
+    return landsat.probe_products(NAME, refs, params)
 
 
 def recognise(uri: str, gdal_path: str) -> str | None:
