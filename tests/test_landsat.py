@@ -552,3 +552,15 @@ def test_bad_product_type_is_a_request_error(shared_data, tmp_path):
         )  # fmt: skip
     assert info.value.parameter.endswith("productType")
     assert not (tmp_path / "never.zarr").exists()
+
+
+def test_a_bad_band_file_fails_its_product_alone(shared_data, tmp_path):
+    good = _metadata_only(shared_data, tmp_path, "LC08_L1GT_089074_20220506_20220512_02_T2")
+    bad = _metadata_only(shared_data, tmp_path, "LC09_L1TP_112081_20220209_20220209_02_T1")
+    broken = bad / f"{bad.name}_B3.TIF"
+    broken.write_bytes(b"II*\x00 not a tiff")
+    refs = resolve_sources(InputRasters("uris", (str(tmp_path),)), patterns=landsat8.PATTERNS)
+    probed, failed = probe_all(refs, "Landsat 8")
+    assert [p.name for p in probed] == [good.name]
+    (failure,) = failed
+    assert f"band file {broken.name} cannot be read" in failure.message

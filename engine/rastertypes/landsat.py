@@ -262,7 +262,7 @@ def probe_products(
     def located(ref: Any) -> tuple[_Product, MtlMetadata] | Exception:
         try:
             return read_metadata(ref.uri, ref.gdal_path)
-        except ImageError as exc:
+        except Exception as exc:  # this product fails alone (ingest words the unexpected)
             return exc
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -280,7 +280,7 @@ def probe_products(
             return []  # another ref of this product answers for it
         try:
             return _images(raster_type, refs[i].uri, f[0], f[1], kind)
-        except ImageError as exc:
+        except Exception as exc:  # this product fails alone
             return exc
 
     with ThreadPoolExecutor(max_workers=8) as pool:
