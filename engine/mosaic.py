@@ -21,9 +21,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import zarr
 from affine import Affine
 from pyproj import CRS
@@ -320,3 +322,65 @@ def _combine(
         m = take[None] & (better | ~f[None])
         np.copyto(o, vf, where=m, casting="unsafe")
     filled[piece.rows, piece.cols] = f | take
+
+
+# -- mosaic order by attribute (esriMosaicAttribute) -------------------------------------
+def epoch_ms(value: Any) -> float:
+    """A date, datetime (naive = UTC), ISO text or number as milliseconds since 1970 UTC.
+
+    Raises ``ValueError`` naming the value when it is neither a number nor a date.
+    """
+    if isinstance(value, datetime):
+        v = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return v.timestamp() * 1000.0
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp() * 1000.0
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return epoch_ms(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number or a date") from None
+    return float(value)
+
+
+def attribute_key(values: pa.ChunkedArray | pa.Array, target: Any = None) -> np.ndarray:
+    """The sort key of a numeric or date catalog column, as ArcGIS's esriMosaicAttribute
+    ranks images: the values themselves (dates as epoch milliseconds), or their distance
+    to ``target`` when one is given; NaN where a value is missing.
+
+    Raises
+    ------
+    TypeError
+        The column is neither numeric nor a date.
+    ValueError
+        ``target`` is not a number (or a date, for a date column).
+    """
+    typ = values.type
+    is_time = pa.types.is_timestamp(typ) or pa.types.is_date(typ)
+    if not (is_time or pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        raise TypeError(f"a {typ} column is not a number or date field")
+    conv = epoch_ms if is_time else float
+    vals = np.array([math.nan if v is None else conv(v) for v in values.to_pylist()], "float64")
+    if target is None:
+        return vals
+    if isinstance(target, bool) or not isinstance(target, (int, float, str)):
+        raise ValueError(f"{target!r} is not a number or a date")
+    try:
+        goal = epoch_ms(target) if is_time else float(target)
+    except ValueError:
+        raise ValueError(f"{target!r} is not a number") from None
+    return np.abs(vals - goal)
+
+
+def order_by_key(key: np.ndarray, ascending: bool = True) -> list[int]:
+    """Positions in mosaic order: by ``key`` (stable, so ties keep the given order), images
+    without a key (NaN) last whichever the direction."""
+    k = np.asarray(key, dtype="float64")
+    if not ascending:
+        k = -k
+    k = np.where(np.isnan(k), np.inf, k)
+    return [int(i) for i in np.argsort(k, kind="stable")]

@@ -8,7 +8,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
@@ -333,39 +332,13 @@ def _mosaic_rule(raw: str) -> _Rule:
     return rule
 
 
-def _epoch_ms(v: Any) -> float:
-    if isinstance(v, datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp() * 1000.0
-    if isinstance(v, date):
-        return datetime(v.year, v.month, v.day, tzinfo=UTC).timestamp() * 1000.0
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            pass
-        try:
-            return _epoch_ms(datetime.fromisoformat(v.strip().replace("Z", "+00:00")))
-        except ValueError:
-            raise _rule_bad(f"sortValue {v!r} is not a number or a date") from None
-    return float(v)
-
-
 def _attribute_key(col: pa.ChunkedArray, value: Any, name: str) -> np.ndarray:
-    typ = col.type
-    is_time = pa.types.is_timestamp(typ) or pa.types.is_date(typ)
-    if not (is_time or pa.types.is_integer(typ) or pa.types.is_floating(typ)):
-        raise _rule_bad(f"sortField {name!r} is not a number or date field")
-    conv = _epoch_ms if is_time else float
-    vals = np.array([math.nan if v is None else conv(v) for v in col.to_pylist()], "float64")
-    if value is None:
-        return vals
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _rule_bad(f"sortValue {value!r} is not a number or a date")
     try:
-        target = _epoch_ms(value) if is_time else float(value)
-    except ValueError:
-        raise _rule_bad(f"sortValue {value!r} is not a number") from None
-    return np.abs(vals - target)
+        return mosaic.attribute_key(col, value)  # the one ordering the lazy mosaic uses too
+    except TypeError:
+        raise _rule_bad(f"sortField {name!r} is not a number or date field") from None
+    except ValueError as exc:
+        raise _rule_bad(f"sortValue {exc}") from None
 
 
 def _ordering(table: pa.Table, rule: _Rule, bbox: tuple[float, float, float, float]) -> list[int]:
@@ -388,9 +361,7 @@ def _ordering(table: pa.Table, rule: _Rule, bbox: tuple[float, float, float, flo
     elif rule.method == "attribute":
         name = _resolve(str(rule.sort_field), table.column_names)
         key = _attribute_key(table[name], rule.sort_value, name)
-        if not rule.ascending:
-            key = -key
+        return mosaic.order_by_key(key, rule.ascending)  # images without the attribute last
     else:
         return list(range(table.num_rows))
-    key = np.where(np.isnan(key), np.inf, key)  # images without the attribute go last
-    return [int(i) for i in np.argsort(key, kind="stable")]
+    return mosaic.order_by_key(key)
