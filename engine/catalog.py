@@ -246,22 +246,28 @@ def _extra_array(values: list[Any]) -> pa.Array:
         )
 
 
-def build_table(records: list[ImageRecord], info: CollectionInfo) -> pa.Table:
+def build_table(
+    records: list[ImageRecord], info: CollectionInfo, object_ids: list[int] | None = None
+) -> pa.Table:
     """The catalog as an Arrow table with the GeoParquet ``geo`` metadata attached.
 
     Parameters
     ----------
     records:
-        The collection's images, in ObjectID order (ObjectID = position + 1).
+        The collection's images, in ObjectID order.
     info:
         The collection frame (CRS, cell size, tile size).
+    object_ids:
+        Each record's ObjectID (default: position + 1). A collection that images are
+        added to and removed from keeps each image's ObjectID (see :func:`assign_object_ids`).
 
     Returns
     -------
     pyarrow.Table
         Core columns (:data:`CORE_SCHEMA`) then the ``extra`` columns.
     """
-    rows = [_core_row(r, i + 1, info) for i, r in enumerate(records)]
+    ids = object_ids if object_ids is not None else list(range(1, len(records) + 1))
+    rows = [_core_row(r, oid, info) for r, oid in zip(records, ids, strict=True)]
     columns = {f.name: pa.array([row[f.name] for row in rows], type=f.type) for f in CORE_SCHEMA}
     extra_keys: list[str] = []
     for rec in records:
@@ -286,6 +292,7 @@ def build_table(records: list[ImageRecord], info: CollectionInfo) -> pa.Table:
                 "collection_type": info.collection_type,
                 "raster_type": info.raster_type,
                 "extra_columns": extra_names,
+                "next_object_id": max(ids, default=0) + 1,
             }
         ).encode(),
     }
@@ -325,7 +332,12 @@ def _geo_metadata(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # -- writing and reading --------------------------------------------------------------------
 
 
-def write_catalog(path: str | Path, records: list[ImageRecord], info: CollectionInfo) -> None:
+def write_catalog(
+    path: str | Path,
+    records: list[ImageRecord],
+    info: CollectionInfo,
+    object_ids: list[int] | None = None,
+) -> None:
     """Write the collection catalog as GeoParquet 1.1, atomically.
 
     Parameters
@@ -337,18 +349,42 @@ def write_catalog(path: str | Path, records: list[ImageRecord], info: Collection
         footprint), in ObjectID order.
     info:
         The collection frame.
+    object_ids:
+        The records' ObjectIDs (default: position + 1).
 
     Examples
     --------
     >>> write_catalog(tmp_path / "catalog.parquet", records, info)  # doctest: +SKIP
     """
-    table = build_table(records, info)
+    table = build_table(records, info, object_ids)
     atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
 def read_catalog(path: str | Path) -> pa.Table:
     """The catalog as an Arrow table (schema metadata, ``geo`` included, preserved)."""
     return pq.read_table(path)
+
+
+def read_object_ids(path: str | Path) -> tuple[dict[str, int], int]:
+    """Each image's ObjectID in the catalog at ``path``, and the next unused ObjectID."""
+    table = pq.read_table(path, columns=["ObjectID", "image_id"])
+    meta = json.loads((table.schema.metadata or {}).get(b"mosaicflow", b"{}"))
+    ids = dict(zip(table["image_id"].to_pylist(), table["ObjectID"].to_pylist(), strict=True))
+    return ids, max(int(meta.get("next_object_id", 1)), max(ids.values(), default=0) + 1)
+
+
+def assign_object_ids(
+    image_ids: list[str], previous: dict[str, int], next_id: int = 1
+) -> list[int]:
+    """ObjectIDs of ``image_ids``: an image listed before keeps its ObjectID; a new one
+    gets the next unused number (numbers of removed images are never reused)."""
+    out = []
+    for image_id in image_ids:
+        oid = previous.get(image_id)
+        if oid is None:
+            oid, next_id = next_id, next_id + 1
+        out.append(oid)
+    return out
 
 
 def read_records(path: str | Path) -> list[ImageRecord]:

@@ -57,6 +57,12 @@ class StoredImage:
         except KeyError:
             raise KeyError(f"image {self.image_id} has no band {name!r}") from None
 
+    def read(
+        self, bands: Sequence[str], r0: int, r1: int, c0: int, c1: int, reader: WindowReader
+    ) -> np.ndarray:
+        """Rows r0:r1, columns c0:c1 of ``bands``, (bands, h, w), in the stored type."""
+        return reader.read([self.band(b) for b in bands], r0, r1, c0, c1)
+
 
 # Chunk decoding for every collection served by this process (see engine.chunkread).
 _CHUNK_POOL = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2), thread_name_prefix="chunks")
@@ -67,6 +73,7 @@ class ImageIndex:
 
     def __init__(self, store_path: str, crs: CRS) -> None:
         self.root = zarr.open_group(store_path, mode="r")
+        self.path = store_path
         self.crs = crs
         self.reader = WindowReader(_CHUNK_POOL)
         self._cache: dict[str, StoredImage] = {}
@@ -79,6 +86,13 @@ class ImageIndex:
             return hit
         group = self.root[f"images/{image_id}"]
         assert isinstance(group, zarr.Group)
+        if (group.attrs.get("mosaicflow") or {}).get("byref"):  # type: ignore[union-attr]
+            from engine.byref import ByrefImage  # pixels at the source, warped on read
+
+            img: StoredImage = ByrefImage.open(self.path, image_id, self.crs)
+            with self._lock:
+                self._cache[image_id] = img
+            return img
         t: Any = group.attrs.get("spatial:transform")
         arrays = {
             name: arr
@@ -172,7 +186,7 @@ def warp_image(
     if win is None:
         return None
     r0, r1, c0, c1 = win
-    src = reader.read([img.band(b) for b in bands], r0, r1, c0, c1)
+    src = img.read(bands, r0, r1, c0, c1, reader)
     if img.fill is not None and src.dtype.kind == "f" and not math.isnan(img.fill):
         src = np.where(src == img.fill, np.nan, src)
         fill: float | None = math.nan
@@ -214,7 +228,7 @@ def _lookup(
         return None
     r, c = rows[ys], cols[xs]
     r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
-    window = reader.read([img.band(b) for b in bands], r0, r1, c0, c1)
+    window = img.read(bands, r0, r1, c0, c1, reader)
     if r.size == r1 - r0 and c.size == c1 - c0:  # the same cell size: the window itself
         vals = window
     else:  # decimation: pick the rows and columns under the destination pixels

@@ -1,0 +1,219 @@
+"""Living collections: add images to an existing collection, remove images from it.
+
+Strategy: an add is a create run against the existing collection (engine.ingest.run_request
+with ``on_existing="add"``): the collection's frame — CRS, cell size, tile size, lattice
+origin — is fixed at creation and reused, so added images overlay the others chunk for
+chunk; a request asking for another CRS or cell size is refused before anything is written.
+Every writer (create, resume, add, remove) holds the store's writer lock (engine.lock) from
+reading what is there to publishing, so two processes adding to one store take turns and
+lose nothing.
+
+Publishing (:func:`commit`) rewrites catalog, STAC and descriptor, each atomically, from the
+catalog as it is *under the lock*: images of the collection not touched by this writer are
+kept, its own records replace earlier rows of the same image ids, removed ones are dropped.
+ObjectIDs never change: an image keeps its number, a new image gets the next unused one
+(the catalog remembers it, so numbers of removed images are not reused). Only after the
+catalog stops listing an image is its group deleted; a crash in between leaves an unlisted
+group, which the next commit deletes (a group is never listed without its pixels, and never
+deleted while listed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zarr
+from pyproj import CRS
+
+from engine import catalog, store
+from engine.errors import RequestError
+from engine.ingest import IngestResult, Progress, publish, run_request
+from engine.lock import store_lock
+from engine.records import CollectionInfo, ImageRecord
+from engine.request import CreateRequest, build_request
+
+
+def add_images(
+    collection: str | os.PathLike[str],
+    inputs: Any,
+    *,
+    byref: bool = False,
+    raster_type: Any = None,
+    context: Any = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    sources: list[Any] | None = None,
+) -> IngestResult:
+    """Add images to an existing collection (``mosaicflow add``).
+
+    Parameters
+    ----------
+    collection:
+        The collection store.
+    inputs:
+        Paths, globs, directories or uris (or an ``inputRasters`` dict).
+    byref:
+        Keep the pixels at the source (engine.byref) instead of copying them.
+    raster_type, context:
+        As for :func:`engine.create_image_collection`; ``outSR`` and ``cellSize``, if
+        given, must be the collection's.
+
+    Returns
+    -------
+    IngestResult
+        This run's images (skipped complete ones included); the catalog lists the others too.
+
+    Raises
+    ------
+    RequestError
+        The store is not a collection, or the request conflicts with its frame.
+
+    Examples
+    --------
+    >>> add_images("out.zarr", ["new/*.tif"])  # doctest: +SKIP
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if not isinstance(inputs, dict):
+        inputs = {"uris": [os.fspath(i) for i in inputs], "byref": byref}
+    elif byref:
+        inputs = {**inputs, "byref": True}
+    request = build_request(inputs, raster_type, {"uri": os.fspath(collection)}, context)
+    return run_request(
+        request,
+        client=client,
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        sources=sources,
+        on_existing="add",
+    )
+
+
+def remove_images(collection: str | os.PathLike[str], image_ids: Iterable[str]) -> list[str]:
+    """Remove images from a collection (``mosaicflow remove``); returns the ids removed.
+
+    Raises
+    ------
+    RequestError
+        An id the catalog does not list (nothing is removed then).
+    """
+    path = store.store_path(collection)
+    info = store.read_info(path)
+    wanted = list(dict.fromkeys(image_ids))
+    with store_lock(path, "remove"):
+        cat = Path(path) / "catalog.parquet"
+        listed = {r.image_id for r in catalog.read_records(cat)} if cat.exists() else set()
+        unknown = [i for i in wanted if i not in listed]
+        if unknown:
+            raise RequestError(
+                "IMAGE_ID",
+                unknown[0] if len(unknown) == 1 else unknown,
+                "is not an image of the collection",
+                f"list the image ids with `mosaicflow info {path} --json`",
+            )
+        commit(path, info, [], replace_all=False, remove=wanted)
+    return wanted
+
+
+def add_target(path: str, request: CreateRequest) -> CollectionInfo:
+    """The collection images are added to; refuses a request that conflicts with its frame."""
+    if not store.is_store(path):
+        raise RequestError(
+            "imageCollection",
+            path,
+            "is not an existing mosaicflow collection to add to",
+            "create it first with `mosaicflow create` (create_image_collection)",
+        )
+    if request.overwrite:
+        raise RequestError(
+            "overwrite", True, "cannot be combined with adding images", "omit overwrite"
+        )
+    info = store.read_info(path)
+    crs = CRS.from_wkt(info.crs_wkt)
+    ctx = request.context
+    if ctx.out_crs is not None and not ctx.out_crs.equals(crs, ignore_axis_order=True):
+        code = crs.to_authority()
+        given = ctx.out_crs.to_authority()
+        raise RequestError(
+            "context.outSR",
+            ":".join(given) if given else ctx.out_crs.name,
+            f"differs from the collection's CRS ({':'.join(code) if code else crs.name}), "
+            "fixed at its creation",
+            "omit outSR (the images are warped to the collection's CRS) or give that CRS",
+        )
+    cell = ctx.cell_size
+    if isinstance(cell, int | float) and not math.isclose(cell, info.cell_size, rel_tol=1e-9):
+        raise RequestError(
+            "context.cellSize",
+            cell,
+            f"differs from the collection's cell size ({info.cell_size:g}), fixed at its creation",
+            "omit cellSize (the images are resampled to the collection's) or give that size",
+        )
+    return info
+
+
+def commit(
+    path: str,
+    info: CollectionInfo,
+    records: Sequence[ImageRecord],
+    *,
+    replace_all: bool,
+    remove: Iterable[str] = (),
+) -> list[ImageRecord]:
+    """Publish ``records`` into the collection's catalog, STAC and descriptor.
+
+    The caller holds the store lock. ``replace_all`` (a create or its resume): the catalog
+    becomes ``records``; else (add, remove) the catalog's other rows are kept, rows of the
+    same image ids replaced and ``remove`` dropped. Groups the new catalog does not list
+    are deleted afterwards, as are temporary files a killed writer left.
+
+    Returns
+    -------
+    list of ImageRecord
+        The whole catalog as written, in ObjectID order.
+    """
+    _sweep_temporaries(Path(path))
+    cat = Path(path) / "catalog.parquet"
+    previous: list[ImageRecord] = catalog.read_records(cat) if cat.exists() else []
+    ids, next_id = catalog.read_object_ids(cat) if cat.exists() else ({}, 1)
+    mine = {r.image_id for r in records}
+    dropped = set(remove)
+    kept = [] if replace_all else [r for r in previous if r.image_id not in mine | dropped]
+    merged = kept + sorted(records, key=lambda r: r.image_id)
+    object_ids = catalog.assign_object_ids([r.image_id for r in merged], ids, next_id)
+    order = sorted(range(len(merged)), key=object_ids.__getitem__)
+    merged = [merged[k] for k in order]
+    publish(path, merged, info, [object_ids[k] for k in order])
+    listed = {r.image_id for r in merged if r.status == "complete"}
+    orphans = [i for i in store.list_image_ids(path) if i not in listed]
+    for image_id in orphans:  # unlisted first (above), deleted second
+        store.remove_image(path, image_id)
+    if orphans:
+        _consolidate(path)
+    return merged
+
+
+def _sweep_temporaries(root: Path) -> None:
+    """Temp files and directories of atomic writes a killed writer left behind."""
+    for p in root.glob(".*.tmp*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _consolidate(path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # see ingest.publish
+        zarr.consolidate_metadata(path)
