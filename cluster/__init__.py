@@ -4,6 +4,7 @@ from cluster.client import (
     GDAL_WORKER_ENV,
     GDALEnvPlugin,
     apply_gdal_env,
+    dashboard_link,
     dask_client,
     local_cluster_size,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "GDAL_WORKER_ENV",
     "GDALEnvPlugin",
     "apply_gdal_env",
+    "dashboard_link",
     "dask_client",
     "local_cluster_size",
 ]

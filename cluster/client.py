@@ -4,18 +4,25 @@ Order of precedence: a ``client`` passed in (used as is, never closed), a schedu
 address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``), else a ``LocalCluster`` started
 for the run and closed after it.
 
-The local cluster is one worker with one *thread* per core, in this process, chosen by
-measurement on the W8 benchmark (8 × 4096² scenes, 2 cores): threads 27.9 s at 387 MiB
-peak, two worker processes 30.4 s at 694 MiB. The chunk task spends its time in GDAL's
-warper, zstd and numpy, which all release the GIL; processes only add interpreter copies,
-nannies, pickling and a second GDAL block cache. Real clusters (``--scheduler``) run the
-same task in worker processes, which the test suite exercises. Workers get GDAL settings
-through :class:`GDALEnvPlugin` (also registered on external clusters), never by hand.
+The local cluster is sized from the machine and ``parallelProcessingFactor`` (see
+:func:`local_cluster_size`). By default it is one worker with one *thread* per slot, in
+this process: the chunk task spends its time in GDAL, the numba kernel, zstd and numpy,
+which all release the GIL, so processes only add interpreter copies, pickling and one GDAL
+block cache each. Measured on the W8 benchmark (8 × 4096² scenes, 2 cores; figures in
+cluster/README.md and ``python -m benchmarks.cluster_scaling``): two threads beat two
+worker processes in wall time and use far less memory. ``processes=True``
+(``mosaicflow create --processes``) starts one single-threaded worker process per slot
+instead, which isolates GDAL per process as a real cluster does.
+
+Workers get GDAL settings through :class:`GDALEnvPlugin`, registered on every cluster
+this module hands out (local or external), never by hand.
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,30 +30,67 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-# GDAL settings every worker gets. The block cache is bounded so worker memory stays flat
-# (GDAL's default is 5 % of RAM per process); the cloud settings avoid directory listings
-# and retry transient HTTP errors. VSI_CACHE is left off: it holds 25 MB per open file
-# handle (per thread, per scene), which doubled peak memory on local inputs.
+_MB = 1024 * 1024
+
+# GDAL settings every worker gets (variables already set on a worker win, so a deployment
+# can override any of them with its own environment). Why each one:
 GDAL_WORKER_ENV = {
+    # Block cache per process, in MB. GDAL's default is 5 % of RAM *per process*; bounded,
+    # worker memory stays flat. Read once, when GDAL first needs its cache: the plugin
+    # sets it before a worker's first task.
     "GDAL_CACHEMAX": "64",
+    # Opening s3://bucket/x.tif must not list the "directory" (one LIST request over a
+    # prefix that may hold millions of keys) nor probe .aux.xml/.ovr/.msk sidecars.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2,.vrt,.xml,.txt,.json,.img,.IMD,.RPB",
+    # /vsicurl/ (and /vsis3/, /vsigs/, ...) keep one LRU cache of downloaded ranges per
+    # process, shared by all threads and files; 16 MB by default, raised to hold a chunk
+    # row's worth of source blocks so neighbouring chunks do not fetch them again.
+    "CPL_VSIL_CURL_CACHE_SIZE": str(128 * _MB),
+    # VSI_CACHE is a *per open file handle* cache (25 MB each by default): handles are
+    # cached per thread and per scene, and it doubled peak memory on local inputs, so it
+    # stays off. A deployment that turns it on (VSI_CACHE=TRUE on the workers) gets a
+    # bounded size per handle.
+    "VSI_CACHE": "FALSE",
+    "VSI_CACHE_SIZE": str(8 * _MB),
+    # A COG's header and tile offsets are fetched in one GET at open.
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    # Adjacent tile ranges are merged into one request.
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    # HTTP/2 multiplexing: the requests of one worker share a connection.
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    # Transient HTTP errors (429, 500, 502, 503, 504) are retried 5 times, the delay
+    # starting at 1 s and growing between attempts; a hung connection fails after 60 s
+    # (10 s to connect) instead of holding a worker thread forever.
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    # Parallelism comes from Dask: one GDAL thread per task, no oversubscription.
     "GDAL_NUM_THREADS": "1",
 }
 
 
 def apply_gdal_env(env: dict[str, str] | None = None) -> None:
-    """Set the worker GDAL settings in this process (user-set variables win). Called
-    before any raster is opened, so GDAL reads them when it initialises."""
+    """Set the worker GDAL settings in this process (variables already set win).
+
+    Parameters
+    ----------
+    env:
+        The settings; default :data:`GDAL_WORKER_ENV`. Called before any raster is
+        opened, so GDAL reads them when it initialises (GDAL reads the other options
+        from the environment on each use).
+    """
     for key, value in (GDAL_WORKER_ENV if env is None else env).items():
         os.environ.setdefault(key, value)
 
 
 class GDALEnvPlugin(WorkerPlugin):
-    """Sets the GDAL configuration on each worker before it runs any task."""
+    """Sets the GDAL configuration on each worker before it runs any task.
+
+    Registered with ``client.register_plugin``: the scheduler keeps it and runs
+    :meth:`setup` on every worker now and on each worker that joins later (a replaced or
+    scaled-up worker gets the same settings).
+    """
 
     name = "mosaicflow-gdal-env"
 
@@ -60,14 +104,28 @@ class GDALEnvPlugin(WorkerPlugin):
 def local_cluster_size(
     parallel_processing_factor: float | int | None = None, workers: int | None = None
 ) -> int:
-    """Worker count: ``workers`` if given, else ``parallelProcessingFactor`` ("4" → 4,
-    "50%" → half the cores), else every core."""
+    """How many tasks the local cluster runs at once.
+
+    Parameters
+    ----------
+    parallel_processing_factor:
+        ``Context.parallel_processing_factor`` as engine/request.py parses it: an int is
+        a count ("4" → 4; 0 turns parallelism off → 1), a float is a fraction of the
+        cores ("50%" → 0.5 → half, "150%" → 1.5 → one and a half times the cores).
+    workers:
+        An explicit count (``--workers``); wins over the factor.
+
+    Returns
+    -------
+    int
+        At least 1; every core when neither is given.
+    """
     cores = os.cpu_count() or 1
     if workers:
         return max(1, int(workers))
     if parallel_processing_factor is None:
         return cores
-    if isinstance(parallel_processing_factor, float) and parallel_processing_factor <= 1:
+    if isinstance(parallel_processing_factor, float):  # a percentage of the cores
         return max(1, round(cores * parallel_processing_factor))
     return max(1, int(parallel_processing_factor))
 
@@ -79,8 +137,22 @@ def dask_client(
     scheduler: str | None = None,
     workers: int | None = None,
     parallel_processing_factor: float | int | None = None,
+    processes: bool = False,
 ) -> Iterator[Client]:
-    """Yield a ready client; close only what this function started."""
+    """Yield a ready client with the GDAL plugin registered; close only what was started.
+
+    Parameters
+    ----------
+    client:
+        An existing client, used as is.
+    scheduler:
+        A scheduler address (``tcp://host:8786``); default ``DASK_SCHEDULER_ADDRESS``.
+    workers, parallel_processing_factor:
+        Size of a local cluster (:func:`local_cluster_size`).
+    processes:
+        Local cluster of single-threaded worker processes instead of threads in this
+        process.
+    """
     if client is not None:
         _register(client)
         yield client
@@ -92,20 +164,43 @@ def dask_client(
             yield c
         return
     n = local_cluster_size(parallel_processing_factor, workers)
+    shape = (
+        {"n_workers": n, "threads_per_worker": 1, "processes": True, "memory_limit": "auto"}
+        if processes
+        else {"n_workers": 1, "threads_per_worker": n, "processes": False, "memory_limit": 0}
+    )
     # the dashboard listens on loopback only, and its link says so
     with (
         dask.config.set({"distributed.dashboard.link": "http://127.0.0.1:{port}/status"}),
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=n,
-            processes=False,
-            dashboard_address="127.0.0.1:0",
-            memory_limit=0,
-        ) as cluster,
+        LocalCluster(dashboard_address="127.0.0.1:0", **shape) as cluster,
         Client(cluster) as c,
     ):
         _register(c)
         yield c
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The dashboard URL of the client's scheduler, or None when there is none to see.
+
+    ``Client.dashboard_link`` is built from a template whether or not the scheduler serves
+    a dashboard (``dask scheduler --no-dashboard`` still runs its HTTP server for /health,
+    without /status). The link is dropped only when the scheduler has no HTTP server or
+    answers 404 for it; an unreachable link (a cluster behind a proxy) is kept.
+    """
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        link = str(client.dashboard_link)
+    except Exception:  # no scheduler information: no link to give
+        return None
+    try:
+        with urllib.request.urlopen(link, timeout=2):
+            pass
+    except urllib.error.HTTPError as exc:
+        return None if exc.code == 404 else link
+    except (OSError, ValueError):
+        return link
+    return link
 
 
 def _register(client: Client) -> None:

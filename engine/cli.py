@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--name", default=None, help="collection name (default: the store's file name)")
     _cluster_args(c)
+    c.add_argument(
+        "--processes",
+        action="store_true",
+        help="local cluster of single-threaded worker processes instead of threads "
+        "(threads measured faster on one machine; see cluster/README.md)",
+    )
     c.add_argument(
         "--tile-size", type=int, default=512, help="collection tile (chunk) size in pixels"
     )
@@ -139,7 +146,11 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="Dask scheduler address (else DASK_SCHEDULER_ADDRESS, else local)",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="local cluster worker processes (default: cores)"
+        "--workers",
+        type=int,
+        default=None,
+        help="local cluster size: threads, or processes with --processes (default: "
+        "parallelProcessingFactor, else every core)",
     )
 
 
@@ -222,6 +233,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         request,
         scheduler=args.scheduler,
         workers=args.workers,
+        processes=args.processes,
         tile_size=args.tile_size,
         progress=ProgressPrinter(),
     )
@@ -243,12 +255,19 @@ def report(result: Any, *, as_json: bool) -> int:
 
 
 class ProgressPrinter:
-    """Progress on stderr: images and chunks done, rate, ETA, and the dashboard link."""
+    """Progress on stderr: images and chunks done, MB/s, ETA, and the dashboard link.
 
-    def __init__(self, stream: Any = None, every: float = 1.0) -> None:
+    MB/s counts decoded output pixels written (10^6 bytes; the engine's ``bytes_done``
+    events), over the last ``window`` seconds, so the ETA follows the current pace rather
+    than the average since the start (worker start-up, a lost worker).
+    """
+
+    def __init__(self, stream: Any = None, every: float = 1.0, window: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.every = every
+        self.window = window
         self._last = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (elapsed s, amount done)
 
     def __call__(self, event: dict[str, Any]) -> None:
         stage = event.get("stage")
@@ -262,17 +281,31 @@ class ProgressPrinter:
         elif stage == "compute" and event.get("dashboard"):
             self._say(f"Dask dashboard: {event['dashboard']}")
         elif stage == "chunks":
-            now = time.monotonic()
-            last = event["chunks_done"] == event["chunks"]
-            if not last and now - self._last < self.every:
-                return
-            self._last = now
-            rate = event["chunks_done"] / max(event["elapsed"], 1e-9)
-            eta = (event["chunks"] - event["chunks_done"]) / rate if rate else 0.0
-            self._say(
-                f"images {event['images_done']}/{event['images']}  chunks {event['chunks_done']}/"
-                f"{event['chunks']}  {rate:.1f} chunks/s  ETA {eta:.0f} s"
-            )
+            self._chunks(event)
+
+    def _chunks(self, event: dict[str, Any]) -> None:
+        # the pace is measured in bytes when the engine reports them, else in chunks
+        done, total = (
+            (event["bytes_done"], event["bytes"])
+            if event.get("bytes")
+            else (event["chunks_done"], event["chunks"])
+        )
+        elapsed = float(event["elapsed"])
+        self._samples.append((elapsed, float(done)))
+        while len(self._samples) > 2 and elapsed - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        now = time.monotonic()
+        if event["chunks_done"] != event["chunks"] and now - self._last < self.every:
+            return
+        self._last = now
+        t_old, done_old = self._samples[0] if len(self._samples) > 1 else (0.0, 0.0)
+        rate = (done - done_old) / max(elapsed - t_old, 1e-9)
+        eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
+        pace = f"{rate / 1e6:.1f} MB/s" if event.get("bytes") else f"{rate:.1f} chunks/s"
+        self._say(
+            f"images {event['images_done']}/{event['images']}  chunks {event['chunks_done']}/"
+            f"{event['chunks']}  {pace}  ETA {eta}"
+        )
 
     def _say(self, text: str) -> None:
         print(f"mosaicflow: {text}", file=self.stream, flush=True)

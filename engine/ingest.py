@@ -31,7 +31,7 @@ from dask.base import tokenize
 from distributed import Client, as_completed
 from pyproj import CRS
 
-from cluster import apply_gdal_env, dask_client
+from cluster import apply_gdal_env, dashboard_link, dask_client
 from engine import catalog, footprint, service, stac, store
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
@@ -105,6 +105,7 @@ def create_image_collection(
     overwrite: bool = False,
     scheduler: str | None = None,
     workers: int | None = None,
+    processes: bool = False,
     tile_size: int = 512,
     progress: Progress | None = None,
     warp_tolerance: float | None = None,
@@ -117,7 +118,8 @@ def create_image_collection(
         As in the seed (SPEC §1); plain paths and names are accepted too.
     client:
         A Dask client to run on; else ``scheduler``/``DASK_SCHEDULER_ADDRESS``; else a
-        LocalCluster of ``workers`` processes started for this call.
+        LocalCluster of ``workers`` threads (``processes=True``: single-threaded worker
+        processes) started for this call.
     warp_tolerance:
         GDAL transformer error threshold in source pixels; default exact for nearest-like
         methods and 1e-4 for interpolating ones (see graphs/chunk.py).
@@ -137,6 +139,7 @@ def create_image_collection(
         client=client,
         scheduler=scheduler,
         workers=workers,
+        processes=processes,
         tile_size=tile_size,
         progress=progress,
         warp_tolerance=warp_tolerance,
@@ -149,6 +152,7 @@ def run_request(
     client: Client | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    processes: bool = False,
     tile_size: int = 512,
     progress: Progress | None = None,
     sources: list[Any] | None = None,
@@ -236,8 +240,9 @@ def run_request(
             scheduler=scheduler,
             workers=workers,
             parallel_processing_factor=ctx.parallel_processing_factor,
+            processes=processes,
         ) as c:
-            dashboard = c.dashboard_link
+            dashboard = dashboard_link(c)
             _report(progress, stage="compute", dashboard=dashboard)
             records += compute_images(c, path, plan, todo, request, progress, warp_tolerance)
     records += failed
@@ -482,6 +487,12 @@ def compute_images(
     dsk, outputs = build_ingest_graph(jobs)
     key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
     all_keys = list(key_image)
+    # uncompressed output bytes of each chunk task: the progress line's MB/s and ETA
+    tile = plan.lattice.tile_size
+    key_bytes = {
+        k: _chunk_nbytes(p, tile, k[1], k[2]) for p in todo for k in outputs[p.source.image_id]
+    }
+    total_bytes, bytes_done = sum(key_bytes.values()), 0
     futures = client.get(dsk, all_keys, sync=False) if all_keys else []
     summaries: dict[str, list[dict[str, Any]]] = {p.source.image_id: [] for p in todo}
     errors: dict[str, str] = {}
@@ -489,6 +500,7 @@ def compute_images(
     done_images, t0 = 0, time.perf_counter()
     for done_chunks, fut in enumerate(as_completed(futures), start=1):
         image_id = key_image[fut.key]
+        bytes_done += key_bytes[fut.key]
         if fut.status == "error":
             errors.setdefault(image_id, _describe(fut.exception()))
         else:
@@ -503,6 +515,8 @@ def compute_images(
             chunks=len(all_keys),
             images_done=done_images,
             images=len(todo),
+            bytes_done=bytes_done,
+            bytes=total_bytes,
             elapsed=time.perf_counter() - t0,
         )
     return [
@@ -516,6 +530,13 @@ def compute_images(
         )
         for p in todo
     ]
+
+
+def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:
+    """Bytes of chunk (i, j) of an image once decoded (all bands; edge chunks are smaller)."""
+    h = min(tile, p.grid.height - i * tile)
+    w = min(tile, p.grid.width - j * tile)
+    return h * w * len(p.source.band_names) * np.dtype(p.dtype).itemsize
 
 
 def _describe(exc: BaseException | None) -> str:
