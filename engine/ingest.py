@@ -28,7 +28,7 @@ import shapely
 import zarr
 from affine import Affine
 from dask.base import tokenize
-from distributed import Client, as_completed
+from distributed import Client, as_completed, wait
 from pyproj import CRS
 
 from cluster import apply_gdal_env, dashboard_link, dask_client
@@ -41,7 +41,8 @@ from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 from engine.sources import resolve_sources
 from graphs.chunk import ChunkReadError, ImageJob, default_tolerance
-from graphs.ingest import build_ingest_graph
+from graphs.ingest import add_overview_tasks, build_ingest_graph
+from graphs.overviews import PyramidJob, level_grid, pyramid_job
 
 COARSE = 16  # footprint mask cells per chunk side
 Progress = Callable[[dict[str, Any]], None]
@@ -485,6 +486,7 @@ def compute_images(
         )
         jobs.append((image_job(p, path, plan, resampling, warp_tolerance), p.chunks))
     dsk, outputs = build_ingest_graph(jobs)
+    tops = _add_overviews(path, dsk, jobs)  # each image's top overview task
     key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
     all_keys = list(key_image)
     # uncompressed output bytes of each chunk task: the progress line's MB/s and ETA
@@ -493,7 +495,8 @@ def compute_images(
         k: _chunk_nbytes(p, tile, k[1], k[2]) for p in todo for k in outputs[p.source.image_id]
     }
     total_bytes, bytes_done = sum(key_bytes.values()), 0
-    futures = client.get(dsk, all_keys, sync=False) if all_keys else []
+    futures = client.get(dsk, all_keys + list(tops), sync=False) if all_keys else []
+    futures, top_futures = futures[: len(all_keys)], futures[len(all_keys) :]
     summaries: dict[str, list[dict[str, Any]]] = {p.source.image_id: [] for p in todo}
     errors: dict[str, str] = {}
     remaining = {image_id: len(keys) for image_id, keys in outputs.items()}
@@ -519,7 +522,8 @@ def compute_images(
             bytes=total_bytes,
             elapsed=time.perf_counter() - t0,
         )
-    return [
+    _wait_overviews(top_futures, tops, errors)  # an image is complete with its overviews
+    records = [
         finish_image(
             path,
             p,
@@ -530,6 +534,7 @@ def compute_images(
         )
         for p in todo
     ]
+    return _overview_sizes(records, tops)
 
 
 def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:
@@ -546,6 +551,46 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, ChunkReadError | ImageError):
         return msg if isinstance(exc, ChunkReadError) else exc.reason
     return f"{type(exc).__name__}: {msg}"
+
+
+def _add_overviews(path: str, dsk: dict[Any, Any], jobs: list[Any]) -> dict[Any, PyramidJob]:
+    """Write each image's overview templates and add its level tasks (graphs.overviews)
+    to ``dsk``; returns the pyramid of each image's top overview task, by key."""
+    tops: dict[Any, PyramidJob] = {}
+    for job, chunks in jobs:
+        if not getattr(job, "write", True):  # pixels kept at the source: no overviews
+            continue
+        pyr = pyramid_job(job)
+        grids = [level_grid(job.grid, k) for k in range(pyr.levels + 1)]
+        store.create_overview_templates(
+            path, job.image_id, grids, list(job.variables), job.dtype, job.nodata, job.tile,
+            list(pyr.methods),
+        )  # fmt: skip
+        top = add_overview_tasks(dsk, pyr, job, chunks)
+        if top is not None:
+            tops[top] = pyr
+    return tops
+
+
+def _wait_overviews(
+    futures: list[Any], tops: dict[Any, PyramidJob], errors: dict[str, str]
+) -> None:
+    """Wait for the top overview tasks; a failed one fails its image (the first error
+    of an image, often the level-0 chunk's own, is kept)."""
+    wait(futures)
+    for fut in futures:
+        if fut.status == "error":
+            errors.setdefault(tops[fut.key].image_id, _describe(fut.exception()))
+
+
+def _overview_sizes(records: list[ImageRecord], tops: dict[Any, PyramidJob]) -> list[ImageRecord]:
+    """Record each complete image's coarsest level as ``HighPS`` (catalog: MaxPS follows)."""
+    levels = {pyr.image_id: pyr for pyr in tops.values()}
+    for rec in records:
+        pyr = levels.get(rec.image_id)
+        if rec.status == "complete" and pyr is not None and rec.grid is not None:
+            rec.extra["HighPS"] = max(level_grid(rec.grid, pyr.levels).resolution)
+    return records
 
 
 def finish_image(

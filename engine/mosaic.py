@@ -35,6 +35,7 @@ from rasterio.warp import reproject
 
 from engine.chunkread import WindowReader
 from engine.grid import Grid
+from engine.store import overview_levels
 
 OPERATIONS = ("first", "last", "min", "max", "mean")
 # GDAL kernel radius in source pixels at scale 1 (GDAL widens it by the downsampling factor)
@@ -50,6 +51,14 @@ class StoredImage:
     grid: Grid
     arrays: dict[str, zarr.Array]
     fill: float | None  # the bands' nodata (_FillValue), None: every stored pixel is data
+    overviews: tuple[StoredImage, ...] = ()  # levels 1, 2, ...: cells 2×, 4×, ... larger
+
+    def level_for(self, dst: Grid) -> StoredImage:
+        """The level to read for ``dst``: the coarsest whose cell size is at most the
+        destination's pixel size (GDAL's choice of overview for a decimated read), so a
+        request at the native resolution reads the image itself."""
+        k = overview_for(self.grid, dst, len(self.overviews)) if self.overviews else 0
+        return self if k == 0 else self.overviews[k - 1]
 
     def band(self, name: str) -> zarr.Array:
         try:
@@ -107,10 +116,43 @@ class ImageIndex:
             Grid(self.crs, Affine(*[float(v) for v in t[:6]]), (first.shape[0], first.shape[1])),
             arrays,
             fill,
+            self._overviews(group, fill),
         )
         with self._lock:
             self._cache[image_id] = img
         return img
+
+    def _overviews(self, group: zarr.Group, fill: float | None) -> tuple[StoredImage, ...]:
+        """The image's overview levels (its ``multiscales`` layout), opened like level 0."""
+        levels = []
+        for asset in overview_levels(group):
+            g = group[asset]
+            assert isinstance(g, zarr.Group)
+            t: Any = g.attrs.get("spatial:transform")
+            arrays = {name: arr for name, arr in g.arrays() if arr.ndim == 2}
+            shape = next(iter(arrays.values())).shape
+            grid = Grid(self.crs, Affine(*[float(v) for v in t[:6]]), (shape[0], shape[1]))
+            levels.append(StoredImage(f"{group.basename}/{asset}", grid, arrays, fill))
+        return tuple(levels)
+
+
+def overview_for(img: Grid, dst: Grid, levels: int) -> int:
+    """The overview level (0 … ``levels``) a read of ``img`` onto ``dst`` uses: the largest
+    k with 2**k source pixels per destination pixel or more (the finer axis, as GDAL)."""
+    if img.is_axis_aligned and dst.is_axis_aligned and img.crs_wkt == dst.crs_wkt:
+        span = min(dst.resolution[0] / img.resolution[0], dst.resolution[1] / img.resolution[1])
+    else:  # the destination's mean pixel size in the image CRS
+        try:
+            area = dst.footprint_in(img.crs).area
+        except Exception:  # a destination that does not project into the image CRS
+            return 0
+        span = math.sqrt(area / max(dst.width * dst.height, 1)) / math.sqrt(
+            img.resolution[0] * img.resolution[1]
+        )
+    k = 0
+    while k < levels and 2 ** (k + 1) <= span * (1 + 1e-9):
+        k += 1
+    return k
 
 
 def source_window(img: Grid, dst: Grid, resampling: str) -> tuple[int, int, int, int] | None:
@@ -287,7 +329,8 @@ def render(
     count = np.zeros(dst.shape, dtype="int64") if operation == "mean" else None
 
     def one(image_id: str) -> Piece | None:
-        return warp_image(index.get(image_id), bands, dst, resampling, index.reader)
+        img = index.get(image_id).level_for(dst)  # the overview that fits the request
+        return warp_image(img, bands, dst, resampling, index.reader)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         # bounded look-ahead: at most 2 × threads warped images wait in memory

@@ -53,6 +53,13 @@ _CONVENTIONS = [
         "description": "Spatial coordinate information",
     },
 ]
+_MULTISCALES = {
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "name": "multiscales",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+    "description": "Multiscale layout of zarr datasets",
+}
 
 
 def store_path(store: str | os.PathLike[str]) -> str:
@@ -172,15 +179,22 @@ def create_image_template(
     tile: int,
     attrs: dict[str, Any] | None = None,
     band_attrs: list[dict[str, Any]] | None = None,
+    level: int = 0,
 ) -> None:
     """Write one image's metadata and coordinates, and no pixels (chunk tasks fill them).
 
     The group is an xarray Dataset: one variable per band on (y, x) with ``_FillValue`` =
     nodata and ``grid_mapping`` → a CF ``spatial_ref`` variable (crs_wkt, GeoTransform),
     pixel-centre x/y coordinates, and zarr-conventions attributes on the group.
+
+    ``level`` > 0 writes overview level ``level`` instead: group
+    ``images/<id>/overviews/<level>`` on dimensions ``y_<level>``/``x_<level>`` (an
+    xarray DataTree child may not reuse its parent's dimension names with other sizes),
+    without a status of its own (the image's status covers its overviews).
     """
     import dask.array as da
 
+    ydim, xdim = ("y", "x") if level == 0 else (f"y_{level}", f"x_{level}")
     x, y = grid.coords()
     # GDAL's Zarr driver reads an array's CRS from its own "_CRS" attribute (GDAL >= 3.11
     # reads zarr-python 3 arrays; the CF spatial_ref serves xarray and rioxarray)
@@ -198,7 +212,7 @@ def create_image_template(
             "_CRS": gdal_crs,
             **((band_attrs or [{}] * len(variables))[k]),
         }
-        data_vars[name] = xr.Variable(("y", "x"), lazy, vattrs)
+        data_vars[name] = xr.Variable((ydim, xdim), lazy, vattrs)
         encoding[name] = {
             "chunks": (tile, tile),
             # nodata None: no _FillValue (every value is data), unwritten chunks read as 0
@@ -207,32 +221,97 @@ def create_image_template(
             "compressors": [ZstdCodec(level=_ZSTD_LEVEL)],
         }
     coords = {
-        "x": xr.Variable(
-            "x",
+        xdim: xr.Variable(
+            xdim,
             x,
             {"units": _units(grid.crs), "standard_name": "projection_x_coordinate", "axis": "X"},
         ),
-        "y": xr.Variable(
-            "y",
+        ydim: xr.Variable(
+            ydim,
             y,
             {"units": _units(grid.crs), "standard_name": "projection_y_coordinate", "axis": "Y"},
         ),
         "spatial_ref": spatial_ref,
     }
-    ds = xr.Dataset(
-        data_vars,
-        coords=coords,
-        attrs={**grid_attrs(grid), "mosaicflow": {"status": "writing", **(attrs or {})}},
-    )
+    meta = {"status": "writing", **(attrs or {})} if level == 0 else dict(attrs or {})
+    gattrs = {**grid_attrs(grid), "mosaicflow": meta}
+    if level:
+        gattrs["spatial:dimensions"] = [ydim, xdim]
+    ds = xr.Dataset(data_vars, coords=coords, attrs=gattrs)
     ds.to_zarr(
         store_path(store),
-        group=f"images/{image_id}",
+        group=f"images/{image_id}" if level == 0 else f"images/{image_id}/overviews/{level}",
         mode="w",
         compute=False,
         zarr_format=3,
         consolidated=False,
         encoding=encoding,
     )
+
+
+def create_overview_templates(
+    store: str | os.PathLike[str],
+    image_id: str,
+    grids: list[Grid],
+    variables: list[str],
+    dtype: str,
+    nodata: float | None,
+    tile: int,
+    methods: list[str],
+) -> None:
+    """Write the templates of an image's overview levels (``grids[k]`` is level k, level 0
+    already written) and the zarr-conventions ``multiscales`` attribute of its group.
+
+    Level 0 stays the group's own arrays (``asset: "."``); level k is the child group
+    ``overviews/<k>``, derived from level 0 with ``scale`` 2**k. Each band's overview
+    resampling is recorded per level (``mosaicflow:resampling``) and on each overview array
+    (``resampling_method``); the level's ``resampling_method`` is set when all bands agree.
+    """
+    group = zarr.open_group(image_group_path(store, image_id), mode="r+")
+    base = {name: dict(group[name].attrs) for name in variables}
+    kept = ("long_name", "scale_factor", "add_offset")
+    band_resampling = dict(zip(variables, methods, strict=True))
+    uniform = methods[0] if methods and len(set(methods)) == 1 else None
+    layout: list[dict[str, Any]] = []
+    for k, grid in enumerate(grids):
+        entry: dict[str, Any] = {"asset": "." if k == 0 else f"overviews/{k}"}
+        if k:
+            entry["derived_from"] = "."
+        entry["transform"] = {"scale": [float(2**k)] * 2, "translation": [0.0, 0.0]}
+        if k and uniform:
+            entry["resampling_method"] = uniform
+        if k:
+            entry["mosaicflow:resampling"] = band_resampling
+        entry["spatial:transform"] = list(grid.transform)[:6]
+        entry["spatial:shape"] = list(grid.shape)
+        layout.append(entry)
+        if k == 0:
+            continue
+        if k == 1:
+            group.require_group("overviews")
+        create_image_template(
+            store, image_id, grid, variables, dtype, nodata, tile,
+            attrs={"level": k, "scale": 2**k},
+            band_attrs=[
+                {**{a: base[v][a] for a in kept if a in base[v]}, "resampling_method": m}
+                for v, m in zip(variables, methods, strict=True)
+            ],
+            level=k,
+        )  # fmt: skip
+    multiscales: dict[str, Any] = {"layout": layout}
+    if uniform:
+        multiscales["resampling_method"] = uniform
+    conventions: list[Any] = list(group.attrs.get("zarr_conventions") or [])  # type: ignore[arg-type]
+    if not any(isinstance(c, dict) and c.get("uuid") == _MULTISCALES["uuid"] for c in conventions):
+        conventions.append(_MULTISCALES)
+    group.attrs.update({"zarr_conventions": conventions, "multiscales": multiscales})
+
+
+def overview_levels(group: zarr.Group) -> list[str]:
+    """The overview groups of an image group, finest first, from its ``multiscales``."""
+    ms = group.attrs.get("multiscales")
+    layout = ms.get("layout", []) if isinstance(ms, dict) else []
+    return [e["asset"] for e in layout if isinstance(e, dict) and e.get("asset") not in (None, ".")]
 
 
 def _units(crs: CRS) -> str:

@@ -9,7 +9,10 @@ Strategy (no I/O happens here):
   the source window it needs, warps, clips, writes its Zarr chunk and returns statistics;
 - chunks the planner found empty get no task at all (their pixels stay the fill value);
 - keys are ``dask.base.tokenize`` of the job, never random, so the same request yields the
-  same keys (and the scheduler deduplicates resubmissions).
+  same keys (and the scheduler deduplicates resubmissions);
+- overview levels (graphs/overviews.py) add one task per chunk of each level, after the
+  tasks of its (at most four) children: level 1 after level-0 chunk tasks, level k after
+  level k-1. Each image's pyramid ends in one top task, the only one the client asks for.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from dask.base import tokenize
 
 from graphs.chunk import ImageJob, ingest_chunk
+from graphs.overviews import PyramidJob, level1_chunk, level_chunk, level_chunks
 
 ChunkKey = tuple[str, int, int]
 
@@ -56,3 +60,35 @@ def build_ingest_graph(
             dsk[key] = (ingest_chunk, jk, i, j)
             keys.append(key)
     return dsk, outputs
+
+
+def add_overview_tasks(
+    dsk: dict[Any, Any], pyramid: PyramidJob, job: ImageJob, chunks: list[tuple[int, int]]
+) -> tuple[Any, ...] | None:
+    """Add ``pyramid``'s level tasks to ``dsk`` (``job``'s chunk tasks must be in it);
+    returns the key of its top task, or None when the image has no overview level."""
+    if pyramid.levels == 0 or not chunks:
+        return None
+    pk = f"mosaicflow-pyramid-{tokenize(pyramid)}"
+    dsk[pk] = pyramid
+    name = f"mosaicflow-overview-{tokenize(pyramid)}"
+    per_level = level_chunks(chunks, pyramid.levels)
+    for i, j in sorted(per_level[1]):
+        kids = [
+            chunk_key(job, ci, cj)
+            for ci in (2 * i, 2 * i + 1)
+            for cj in (2 * j, 2 * j + 1)
+            if (ci, cj) in per_level[0]
+        ]
+        dsk[(name, 1, i, j)] = (level1_chunk, pk, i, j, *kids)
+    for level in range(2, pyramid.levels + 1):
+        for i, j in sorted(per_level[level]):
+            below = [
+                (di, dj)
+                for di in (0, 1)
+                for dj in (0, 1)
+                if (2 * i + di, 2 * j + dj) in per_level[level - 1]
+            ]
+            deps: list[Any] = [(name, level - 1, 2 * i + di, 2 * j + dj) for di, dj in below]
+            dsk[(name, level, i, j)] = (level_chunk, pk, level, i, j, below, deps)
+    return (name, pyramid.levels, 0, 0)
