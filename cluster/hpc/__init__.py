@@ -1,0 +1,1 @@
+"""HPC recipes: Dask clusters on batch schedulers (dask-jobqueue)."""
