@@ -247,7 +247,10 @@ def _extra_array(values: list[Any]) -> pa.Array:
 
 
 def build_table(
-    records: list[ImageRecord], info: CollectionInfo, object_ids: list[int] | None = None
+    records: list[ImageRecord],
+    info: CollectionInfo,
+    object_ids: list[int] | None = None,
+    next_object_id: int = 1,
 ) -> pa.Table:
     """The catalog as an Arrow table with the GeoParquet ``geo`` metadata attached.
 
@@ -260,6 +263,8 @@ def build_table(
     object_ids:
         Each record's ObjectID (default: position + 1). A collection that images are
         added to and removed from keeps each image's ObjectID (see :func:`assign_object_ids`).
+    next_object_id:
+        The lowest ObjectID a later image may get (recorded so removed numbers stay unused).
 
     Returns
     -------
@@ -292,7 +297,7 @@ def build_table(
                 "collection_type": info.collection_type,
                 "raster_type": info.raster_type,
                 "extra_columns": extra_names,
-                "next_object_id": max(ids, default=0) + 1,
+                "next_object_id": max(next_object_id, max(ids, default=0) + 1),
             }
         ).encode(),
     }
@@ -337,6 +342,7 @@ def write_catalog(
     records: list[ImageRecord],
     info: CollectionInfo,
     object_ids: list[int] | None = None,
+    next_object_id: int = 1,
 ) -> None:
     """Write the collection catalog as GeoParquet 1.1, atomically.
 
@@ -349,14 +355,14 @@ def write_catalog(
         footprint), in ObjectID order.
     info:
         The collection frame.
-    object_ids:
-        The records' ObjectIDs (default: position + 1).
+    object_ids, next_object_id:
+        The records' ObjectIDs (default: position + 1) and the next unused one.
 
     Examples
     --------
     >>> write_catalog(tmp_path / "catalog.parquet", records, info)  # doctest: +SKIP
     """
-    table = build_table(records, info, object_ids)
+    table = build_table(records, info, object_ids, next_object_id)
     atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
@@ -375,16 +381,16 @@ def read_object_ids(path: str | Path) -> tuple[dict[str, int], int]:
 
 def assign_object_ids(
     image_ids: list[str], previous: dict[str, int], next_id: int = 1
-) -> list[int]:
-    """ObjectIDs of ``image_ids``: an image listed before keeps its ObjectID; a new one
-    gets the next unused number (numbers of removed images are never reused)."""
+) -> tuple[list[int], int]:
+    """ObjectIDs of ``image_ids``, and the next unused one: an image listed before keeps
+    its ObjectID; a new one gets the next unused number (removed numbers are not reused)."""
     out = []
     for image_id in image_ids:
         oid = previous.get(image_id)
         if oid is None:
             oid, next_id = next_id, next_id + 1
         out.append(oid)
-    return out
+    return out, next_id
 
 
 def read_records(path: str | Path) -> list[ImageRecord]:

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--byref",
         action="store_true",
-        help="keep pixels at the source (not available yet: refused with exit code 2)",
+        help="keep pixels at the source: the store holds metadata only (engine.byref)",
     )
     c.add_argument("--name", default=None, help="collection name (default: the store's file name)")
     _cluster_args(c)
@@ -95,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("store")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("add", help="add images to an existing collection (its frame is kept)")
+    a.add_argument("store", help="the collection (STORE.zarr)")
+    a.add_argument("inputs", nargs="+", help="input rasters, or collections whose images to add")
+    a.add_argument("--byref", action="store_true", help="keep pixels at the source")
+    a.add_argument("--raster-type", default=None, help="rasterTypeName (default: Raster Dataset)")
+    a.add_argument("--raster-type-params", default=None, help="rasterTypeParameters as JSON")
+    a.add_argument("--resampling", default=None, help="NEAREST, BILINEAR, CUBIC, ...")
+    a.add_argument("--out-sr", default=None, help="must be the collection's CRS if given")
+    a.add_argument("--cell-size", default=None, help="must be the collection's cell size if given")
+    _cluster_args(a)
+    a.add_argument("--json", action="store_true", help="print the result object as JSON on stdout")
+    a.set_defaults(func=cmd_add)
+
+    r = sub.add_parser("remove", help="remove images from a collection")
+    r.add_argument("store", help="the collection (STORE.zarr)")
+    r.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+    r.set_defaults(func=cmd_remove)
 
     s = sub.add_parser("serve", help="serve jobs and image services over the ArcGIS REST API")
     s.add_argument(
@@ -236,8 +254,56 @@ def cmd_create(args: argparse.Namespace) -> int:
         processes=args.processes,
         tile_size=args.tile_size,
         progress=ProgressPrinter(),
+        on_existing=_on_existing(args, request),
     )
     return report(result, as_json=args.json)
+
+
+def _on_existing(args: argparse.Namespace, request: Any) -> str:
+    """A request file whose imageCollection is an existing collection adds to it (the
+    seed's CreateImageCollection); the flags form creates, or resumes the same request."""
+    from engine import store
+
+    target = request.image_collection
+    if args.request and target.uri and not request.overwrite and store.is_store(target.uri):
+        return "add"
+    return "resume"
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from engine.update import add_images
+
+    rtype: dict[str, Any] = {"rasterTypeName": args.raster_type or "Raster Dataset"}
+    if args.raster_type_params:
+        rtype["rasterTypeParameters"] = args.raster_type_params
+    context = {
+        k: v
+        for k, v in (
+            ("outSR", args.out_sr),
+            ("cellSize", args.cell_size),
+            ("resamplingMethod", args.resampling),
+        )
+        if v
+    }
+    result = add_images(
+        args.store,
+        args.inputs,
+        byref=args.byref,
+        raster_type=rtype,
+        context=context,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=ProgressPrinter(),
+    )
+    return report(result, as_json=args.json)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from engine.update import remove_images
+
+    removed = remove_images(args.store, args.image_ids)
+    print(f"mosaicflow: removed {len(removed)} images from {args.store}", file=sys.stderr)
+    return EXIT_OK
 
 
 def report(result: Any, *, as_json: bool) -> int:

@@ -33,8 +33,12 @@ from pyproj import CRS
 
 from cluster import apply_gdal_env, dashboard_link, dask_client
 from engine import catalog, footprint, service, stac, store
+from engine.byref import BYREF_MODEL, chunk_bitmap
+from engine.byref import create_group as create_byref_group
+from engine.byref import storable as byref_storable
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
+from engine.lock import store_lock
 from engine.plan import ImagePlan, Plan, plan_collection
 from engine.rastertypes import ImageSource, describe, get_raster_type, source_patterns
 from engine.records import BandStats, CollectionInfo, ImageRecord
@@ -158,20 +162,26 @@ def run_request(
     progress: Progress | None = None,
     sources: list[Any] | None = None,
     warp_tolerance: float | None = None,
+    on_existing: str = "resume",
+    resolver: Any = None,
 ) -> IngestResult:
-    """Run a validated request. Request errors are raised before anything is written."""
+    """Run a validated request. Request errors are raised before anything is written.
+
+    ``on_existing`` says what an existing collection at the target means: ``"resume"``
+    (the same request resumes it, another one is refused) or ``"add"`` (the request's
+    images are added to it, engine.update). ``resolver`` (engine.items) resolves an
+    ``imageCollection.itemId`` to its store. Either way the run holds the store's writer
+    lock (engine.lock) from deciding what is done to publishing the catalog, and images
+    already complete (by checksum) are skipped.
+    """
     t0 = time.perf_counter()
-    if request.input_rasters.byref:
-        # refused rather than silently copied: a byref collection must not hold pixels
-        raise RequestError(
-            "inputRasters.byref",
-            True,
-            "collections by reference (pixels kept at the source) are not available yet",
-            "omit byref to copy the pixels into the collection",
-        )
     get_raster_type(request.raster_type.name)  # refuse a raster type not built yet, first
     apply_gdal_env()
-    path, name = resolve_store(request)
+    path, name = resolve_store(request, resolver)
+    if request.image_collection.item_id and not request.image_collection.uri:
+        on_existing = "add"  # an item id always names an existing collection
+    existing = _existing_collection(path, request, on_existing)
+    byref = request.input_rasters.byref
     refs = (
         sources
         if sources is not None
@@ -180,7 +190,13 @@ def run_request(
         )
     )
     probed, failed = probe_all(refs, request.raster_type.name, request.raster_type.parameters)
-    existing = _existing_collection(path, request)
+    if byref:  # a byref image is re-read from its attributes: no in-memory camera model
+        failed += [
+            _failed_record(s, s.source_uris[0], BYREF_MODEL, s.raster_type)
+            for s in probed
+            if not byref_storable(s)
+        ]
+        probed = [s for s in probed if byref_storable(s)]
     _report(progress, stage="probed", images=len(probed), failed=len(failed))
 
     ctx = request.context
@@ -208,7 +224,7 @@ def run_request(
         _failed_record(src, uri, reason, request.raster_type.name)
         for src, uri, reason in plan.failed
     ]
-    info = CollectionInfo(
+    info = existing or CollectionInfo(
         name=name,
         crs_wkt=plan.lattice.crs.to_wkt(),
         cell_size=plan.lattice.cell_size,
@@ -217,38 +233,44 @@ def run_request(
         collection_type=request.raster_type.collection_type,
         raster_type=request.raster_type.name,
     )
-    done: dict[str, ImageRecord] = {}
     if existing is None:
         store.init_store(
             path, info, request_token=request_fingerprint(request), overwrite=request.overwrite
         )
-    else:
-        done = _complete_images(path)
-    todo = [p for p in plan.images if p.source.image_id not in done]
-    _report(
-        progress,
-        stage="planned",
-        images=len(plan.images),
-        skipped=len(plan.images) - len(todo),
-        chunks=sum(len(p.chunks) for p in todo),
-    )
+    from engine.update import commit  # engine.update builds on this module
 
-    records = list(done.values())
-    dashboard = None
-    if todo:
-        with dask_client(
-            client,
-            scheduler=scheduler,
-            workers=workers,
-            parallel_processing_factor=ctx.parallel_processing_factor,
-            processes=processes,
-        ) as c:
-            dashboard = dashboard_link(c)
-            _report(progress, stage="compute", dashboard=dashboard)
-            records += compute_images(c, path, plan, todo, request, progress, warp_tolerance)
-    records += failed
-    records.sort(key=lambda r: r.image_id)
-    publish(path, records, info)
+    with store_lock(path, "add" if on_existing == "add" else "create"):
+        done = _complete_images(path) if existing is not None else {}
+        todo = [p for p in plan.images if p.source.image_id not in done]
+        _report(
+            progress,
+            stage="planned",
+            images=len(plan.images),
+            skipped=len(plan.images) - len(todo),
+            chunks=sum(len(p.chunks) for p in todo),
+        )
+        records = list(done.values())
+        if on_existing == "add":  # this run's images; the collection's others stay as listed
+            planned = {p.source.image_id for p in plan.images}
+            records = [r for r in records if r.image_id in planned]
+        failed = [f for f in failed if f.image_id not in done]  # complete ones stay complete
+        dashboard = None
+        if todo:
+            with dask_client(
+                client,
+                scheduler=scheduler,
+                workers=workers,
+                parallel_processing_factor=ctx.parallel_processing_factor,
+                processes=processes,
+            ) as c:
+                dashboard = dashboard_link(c)
+                _report(progress, stage="compute", dashboard=dashboard)
+                records += compute_images(
+                    c, path, plan, todo, request, progress, warp_tolerance, byref
+                )
+        records += failed
+        records.sort(key=lambda r: r.image_id)
+        commit(path, info, records, replace_all=on_existing != "add")
     return IngestResult(
         path, name, records, list(request.warnings), dashboard, time.perf_counter() - t0
     )
@@ -257,9 +279,22 @@ def run_request(
 # -- request → store location ------------------------------------------------------------
 
 
-def resolve_store(request: CreateRequest) -> tuple[str, str]:
-    """The store path and collection name of the request's ``imageCollection``."""
+def resolve_store(request: CreateRequest, resolver: Any = None) -> tuple[str, str]:
+    """The store path and collection name of the request's ``imageCollection``.
+
+    An ``itemId`` is resolved by ``resolver`` (engine.items.ItemRegistry) to its store.
+    """
     target = request.image_collection
+    if target.item_id and not target.uri and resolver is not None:
+        found = resolver.resolve_item(target.item_id)
+        if not found or not store.is_store(found[0]):
+            raise RequestError(
+                "imageCollection.itemId",
+                target.item_id,
+                "is not an image collection item",
+                "give the item id of a collection created by mosaicflow",
+            )
+        return store.store_path(found[0]), store.read_info(found[0]).name
     if target.uri:
         path = (
             str(Path(target.uri).expanduser().resolve()) if "://" not in target.uri else target.uri
@@ -299,12 +334,21 @@ def request_fingerprint(request: CreateRequest) -> str:
     )
 
 
-def _existing_collection(path: str, request: CreateRequest) -> CollectionInfo | None:
-    """The collection already at ``path`` when this request resumes it; None for a new one.
+def _existing_collection(
+    path: str, request: CreateRequest, on_existing: str = "resume"
+) -> CollectionInfo | None:
+    """The collection already at ``path`` when this request resumes or adds to it; None
+    for a new one.
 
-    An existing store is resumed only by the very request that made it (same fingerprint);
-    anything else there is refused unless ``overwrite`` replaces it.
+    With ``on_existing="resume"`` an existing store is resumed only by the very request
+    that made it (same fingerprint); anything else there is refused unless ``overwrite``
+    replaces it. With ``"add"`` the store must be a collection, and the request may not ask
+    for another CRS or cell size than the collection's (fixed at its creation).
     """
+    if on_existing == "add":
+        from engine.update import add_target
+
+        return add_target(path, request)
     if not os.path.exists(path):
         return None
     if request.overwrite:
@@ -326,12 +370,15 @@ def _existing_collection(path: str, request: CreateRequest) -> CollectionInfo | 
             "choose another output path",
         )
     attrs = store.read_root_attrs(path)
+    if not attrs and not store.list_image_ids(path):
+        return None  # a run killed while creating the root group: start it again
     if attrs.get("request_token") != request_fingerprint(request):
         raise RequestError(
             "imageCollection",
             path,
             "already exists (made by another request)",
-            "pass --overwrite (overwrite=True) to replace it, or choose another output path",
+            "add the images with `mosaicflow add` (engine.update.add_images), pass "
+            "--overwrite (overwrite=True) to replace it, or choose another output path",
         )
     return store.read_info(path)
 
@@ -438,7 +485,12 @@ def _failed_record(
 
 
 def image_job(
-    p: ImagePlan, path: str, plan: Plan, resampling: str, tolerance: float | None = None
+    p: ImagePlan,
+    path: str,
+    plan: Plan,
+    resampling: str,
+    tolerance: float | None = None,
+    byref: bool = False,
 ) -> ImageJob:
     return ImageJob(
         image_id=p.source.image_id,
@@ -457,6 +509,7 @@ def image_job(
         scales=tuple(p.scales),
         tolerance=default_tolerance(resampling) if tolerance is None else tolerance,
         origin=plan.lattice.origin,
+        write=not byref,
     )
 
 
@@ -468,11 +521,21 @@ def compute_images(
     request: CreateRequest,
     progress: Progress | None,
     warp_tolerance: float | None = None,
+    byref: bool = False,
 ) -> list[ImageRecord]:
-    """Write templates, run every chunk task, and turn chunk summaries into records."""
+    """Write templates, run every chunk task, and turn chunk summaries into records.
+
+    A byref image gets a metadata-only group (engine.byref) instead of a template, and its
+    chunk tasks compute summaries without writing pixels.
+    """
     resampling = request.context.resampling.name
     jobs = []
     for p in todo:
+        job = image_job(p, path, plan, resampling, warp_tolerance, byref)
+        if byref:
+            create_byref_group(path, p.source.image_id, job, _image_attrs(p), _band_attrs(p.source))
+            jobs.append((job, p.chunks))
+            continue
         store.create_image_template(
             path,
             p.source.image_id,
@@ -484,7 +547,7 @@ def compute_images(
             attrs=_image_attrs(p),
             band_attrs=_band_attrs(p.source),
         )
-        jobs.append((image_job(p, path, plan, resampling, warp_tolerance), p.chunks))
+        jobs.append((job, p.chunks))
     dsk, outputs = build_ingest_graph(jobs)
     tops = _add_overviews(path, dsk, jobs)  # each image's top overview task
     key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
@@ -531,6 +594,7 @@ def compute_images(
             errors.get(p.source.image_id),
             plan.lattice,
             request,
+            byref,
         )
         for p in todo
     ]
@@ -600,6 +664,7 @@ def finish_image(
     error: str | None,
     lattice: Lattice,
     request: CreateRequest,
+    byref: bool = False,
 ) -> ImageRecord:
     """Fold chunk summaries into the image's record and commit (or drop) its group."""
     src = p.source
@@ -630,6 +695,9 @@ def finish_image(
         # the coarse mask overshoots by up to a mask cell: trim it to the coverage
         fp_native = fp_native.intersection(p.coverage.buffer(lattice.cell_size))
     fp_wgs84 = footprint.to_wgs84_footprint(fp_native, lattice.crs)
+    if byref:  # the chunks a byvalue ingestion would have written: the others read as fill
+        held = [(s["i"], s["j"]) for s in summaries if s["valid"]]
+        store.mark_image(path, src.image_id, written=chunk_bitmap(held, p.grid, lattice.tile_size))
     store.mark_image(
         path,
         src.image_id,
@@ -648,7 +716,7 @@ def finish_image(
         product_name=src.product_name,
         sensor=src.sensor,
         acquisition_time=src.acquisition_time,
-        byref=False,
+        byref=byref,
         grid=p.grid,
         native_crs_wkt=src.finest_part.grid.crs_wkt,
         native_resolution=src.finest_part.grid.resolution,
@@ -713,10 +781,20 @@ def _band_attrs(src: ImageSource) -> list[dict[str, Any]]:
 # -- publish -----------------------------------------------------------------------------
 
 
-def publish(path: str, records: list[ImageRecord], info: CollectionInfo) -> None:
-    """Write catalog, STAC and descriptor (each atomically), then consolidate metadata."""
+def publish(
+    path: str,
+    records: list[ImageRecord],
+    info: CollectionInfo,
+    object_ids: list[int] | None = None,
+    next_object_id: int = 1,
+) -> None:
+    """Write catalog, STAC and descriptor (each atomically), then consolidate metadata.
+
+    Writers call it through :func:`engine.update.commit`, which holds the store lock, keeps
+    the other images of the collection and every image's ObjectID.
+    """
     root = Path(path)
-    catalog.write_catalog(root / "catalog.parquet", records, info)
+    catalog.write_catalog(root / "catalog.parquet", records, info, object_ids, next_object_id)
     stac.write_stac(
         root / "stac", records, info, store_href="..", catalog_href="../catalog.parquet"
     )

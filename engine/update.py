@@ -190,10 +190,10 @@ def commit(
     dropped = set(remove)
     kept = [] if replace_all else [r for r in previous if r.image_id not in mine | dropped]
     merged = kept + sorted(records, key=lambda r: r.image_id)
-    object_ids = catalog.assign_object_ids([r.image_id for r in merged], ids, next_id)
+    object_ids, next_id = catalog.assign_object_ids([r.image_id for r in merged], ids, next_id)
     order = sorted(range(len(merged)), key=object_ids.__getitem__)
     merged = [merged[k] for k in order]
-    publish(path, merged, info, [object_ids[k] for k in order])
+    publish(path, merged, info, [object_ids[k] for k in order], next_id)
     listed = {r.image_id for r in merged if r.status == "complete"}
     orphans = [i for i in store.list_image_ids(path) if i not in listed]
     for image_id in orphans:  # unlisted first (above), deleted second

@@ -73,6 +73,7 @@ class ImageJob:
     tolerance: float = EXACT_TOLERANCE  # transformer error threshold, source pixels
     origin: tuple[float, float] = (0.0, 0.0)  # the collection lattice origin
     fast: bool = True  # use graphs.fastwarp where it reproduces GDAL (else GDAL itself)
+    write: bool = True  # False for byref images: summaries only, the pixels stay at the source
 
     @property
     def group_path(self) -> str:
@@ -265,8 +266,10 @@ def _read_failure(part: SourcePart, exc: Exception) -> ChunkReadError:
     )
 
 
-def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
-    """Warp chunk (i, j) of ``job``'s image, write it to the store, return its summary."""
+def warp_chunk(job: ImageJob, i: int, j: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Chunk (i, j) of ``job``'s image: its pixels (bands, h, w), their validity (h, w) and
+    the number of read retries. The one computation behind ingesting a chunk and reading a
+    byref image (engine.byref): both give the same pixels."""
     dst = chunk_grid(job.grid, i, j, job.tile)
     scales = job.scales or (None,) * len(job.parts)
     origin = _lattice_rowcol(dst, job.origin) if job.fast else None
@@ -293,6 +296,13 @@ def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
         valid = coverage if coverage is not None else np.ones(dst.shape, dtype=bool)
     else:
         valid = kernels.valid_mask(block, job.nodata)
+    return block, valid, 0
+
+
+def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
+    """Warp chunk (i, j) of ``job``'s image, write it to the store (unless the image is
+    byref: ``job.write`` False), return its summary."""
+    block, valid, _ = warp_chunk(job, i, j)
     n_valid = int(valid.sum())
     summary: dict[str, Any] = {
         "i": i,
@@ -304,9 +314,9 @@ def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
         else None,
         "digest": kernels.chunk_digest(block) if n_valid else None,
     }
-    if n_valid:
+    if n_valid and job.write:
         r0, c0 = i * job.tile, j * job.tile
-        h, w = dst.shape
+        h, w = block.shape[1:]
         for name, band in zip(job.variables, block, strict=True):
             _zarr_array(job.group_path, name)[r0 : r0 + h, c0 : c0 + w] = band
     return summary

@@ -327,16 +327,6 @@ def test_rerunning_the_same_request_is_idempotent(client, tmp_path):
     assert cli_main(["verify", second.store]) == 0
 
 
-def test_byref_is_refused_not_silently_copied(tmp_path):
-    out = tmp_path / "ref.zarr"
-    with pytest.raises(RequestError) as err:
-        create_image_collection(
-            {"uris": [str(tmp_path / "a.tif")], "byref": True}, image_collection=str(out)
-        )
-    assert "byref" in str(err.value) and "omit byref" in str(err.value)
-    assert not out.exists()
-
-
 def test_raster_type_not_built_yet_is_a_request_error(tmp_path, monkeypatch):
     from engine.rastertypes import REGISTRY
 

@@ -1,0 +1,214 @@
+"""Living collections: add and remove images, one writer at a time (issue 6, item 2).
+
+What a user checks: after an add the catalog, STAC and descriptor list the new images next
+to the old ones, whose rows and ObjectIDs did not change, and an added image holds the very
+pixels it would have had if it had been there from the start (the lattice is the
+collection's); a remove gives back the catalog as it was; an ObjectID is never reused; an
+add asking for another cell size or CRS is refused and changes nothing; two ``mosaicflow
+add`` processes at once keep every image; the store lock admits one holder at a time and
+takes over a lock whose holder died.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from affine import Affine
+
+from engine import create_image_collection
+from engine.cli import main as cli_main
+from engine.errors import RequestError
+from engine.lock import LOCK_NAME, store_lock
+from engine.update import add_images, remove_images
+from tests.conftest import write_raster
+from tests.test_cli import _script
+
+TILE = 64
+CONTEXT = {"outSR": 3857, "cellSize": 30, "resamplingMethod": "BILINEAR"}
+
+
+def _scene(d: Path, k: int) -> str:
+    return str(
+        write_raster(
+            d / f"s{k}.tif",
+            crs="EPSG:32633",
+            transform=Affine(25, 0, 500_000 + k * 1700, 0, -25, 5_200_000 - (k % 3) * 900),
+            shape=(80, 100),
+            dtype="uint16",
+            nodata=0,
+            seed=30 + k,
+        )
+    )
+
+
+def _catalog(store: Path) -> dict[str, dict]:
+    return {r["image_id"]: r for r in pq.read_table(store / "catalog.parquet").to_pylist()}
+
+
+def _stac_items(store: Path) -> set[str]:
+    return {p.stem for p in (store / "stac" / "items").glob("*.json")}
+
+
+def _descriptor(store: Path) -> dict:
+    return json.loads((store / "service.json").read_text())
+
+
+def _snapshot(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def test_add_then_remove_round_trips_the_catalog(client, tmp_path):
+    a, b, c = (_scene(tmp_path, k) for k in range(3))
+    store = tmp_path / "live.zarr"
+    kw = {"context": CONTEXT, "client": client, "tile_size": TILE}
+    first = create_image_collection([a, b], image_collection=str(store), **kw)
+    assert first.exit_code == 0
+    before = _catalog(store)
+    stac_before, desc_before = _stac_items(store), _descriptor(store)
+    assert sorted(r["ObjectID"] for r in before.values()) == [1, 2]
+
+    added = add_images(store, [c], context={"resamplingMethod": "BILINEAR"}, client=client)
+    assert added.exit_code == 0 and len(added.records) == 1
+    new_id = added.records[0].image_id
+    after = _catalog(store)
+    assert set(after) == set(before) | {new_id}
+    for image_id, row in before.items():  # the old rows, ObjectIDs included, are untouched
+        assert {k: v for k, v in after[image_id].items() if k != "ingested_at"} == {
+            k: v for k, v in row.items() if k != "ingested_at"
+        }
+    assert after[new_id]["ObjectID"] == 3
+    assert _stac_items(store) == stac_before | {new_id}
+    desc = _descriptor(store)
+    assert desc["mosaicflow"]["image_count"] == 3
+    assert desc["extent"]["xmax"] > desc_before["extent"]["xmax"]  # scene 2 lies east
+
+    # the added image is what it would have been in the collection from the start
+    whole = create_image_collection([a, b, c], image_collection=str(tmp_path / "w.zarr"), **kw)
+    assert {r.image_id: r.checksum for r in whole.records} == {
+        i: r["checksum"] for i, r in after.items()
+    }
+
+    assert cli_main(["remove", str(store), new_id]) == 0
+    assert _catalog(store) == {
+        i: r for i, r in after.items() if i != new_id
+    }  # rows and ObjectIDs as before the add
+    assert _stac_items(store) == stac_before
+    desc = _descriptor(store)
+    assert desc["extent"] == desc_before["extent"]
+    assert desc["mosaicflow"]["image_count"] == 2
+    assert not (store / "images" / new_id).exists()
+    assert cli_main(["verify", str(store)]) == 0
+
+    again = add_images(store, [c], client=client)  # a removed ObjectID is not reused
+    assert again.exit_code == 0 and _catalog(store)[new_id]["ObjectID"] == 4
+    with pytest.raises(RequestError) as err:
+        remove_images(store, ["no-such-image"])
+    assert err.value.parameter == "IMAGE_ID" and "info" in err.value.fix
+
+
+def test_an_add_conflicting_with_the_collection_frame_is_refused(client, tmp_path):
+    store = tmp_path / "frame.zarr"
+    create_image_collection(
+        [_scene(tmp_path, 0)], image_collection=str(store), context=CONTEXT, client=client
+    )
+    before = _snapshot(store)
+    new = _scene(tmp_path, 1)
+    with pytest.raises(RequestError) as err:
+        add_images(store, [new], context={"cellSize": 10}, client=client)
+    assert err.value.parameter == "context.cellSize" and "(30)" in str(err.value)
+    with pytest.raises(RequestError) as err:
+        add_images(store, [new], context={"outSR": 32633}, client=client)
+    assert err.value.parameter == "context.outSR" and "EPSG:3857" in str(err.value)
+    with pytest.raises(RequestError) as err:
+        add_images(tmp_path / "none.zarr", [new], client=client)
+    assert "mosaicflow create" in err.value.fix
+    assert _snapshot(store) == before, "a refused add must change nothing"
+    assert not (tmp_path / "none.zarr").exists()
+
+
+def test_two_concurrent_add_processes_keep_every_image(client, tmp_path):
+    store = tmp_path / "busy.zarr"
+    create_image_collection(
+        [_scene(tmp_path, 0)], image_collection=str(store), context=CONTEXT, client=client
+    )
+    scheduler = client.scheduler.address
+    batches = [[_scene(tmp_path, k) for k in (1, 2, 3)], [_scene(tmp_path, k) for k in (4, 5, 6)]]
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    procs = [
+        subprocess.Popen(
+            [_script(), "add", str(store), *batch, "--scheduler", scheduler],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for batch in batches
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    rows = _catalog(store)
+    assert len(rows) == 7 and {r["status"] for r in rows.values()} == {"complete"}
+    assert sorted(r["ObjectID"] for r in rows.values()) == list(range(1, 8))
+    assert {Path(r["source_uris"][0]).name for r in rows.values()} == {
+        f"s{k}.tif" for k in range(7)
+    }
+    assert len(_stac_items(store)) == 7 and _descriptor(store)["mosaicflow"]["image_count"] == 7
+    assert not (store / LOCK_NAME).exists()
+    assert cli_main(["verify", str(store)]) == 0
+
+
+def _count_under_lock(store: str, counter: str, n: int) -> None:
+    for _ in range(n):
+        with store_lock(store, "test", poll=0.01):
+            value = int(Path(counter).read_text())
+            time.sleep(0.01)  # a read-modify-write that loses updates without the lock
+            Path(counter).write_text(str(value + 1))
+
+
+def test_the_store_lock_admits_one_holder_and_takes_over_a_dead_ones(tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_count_under_lock, args=(str(tmp_path), str(counter), 15))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert counter.read_text() == "45"
+
+    # a holder SIGKILLed while holding the lock: the next writer takes over at once
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock_file = tmp_path / LOCK_NAME
+    lock_file.write_text(
+        json.dumps(
+            {
+                "token": "gone",
+                "host": socket.gethostname(),
+                "pid": dead.pid,
+                "heartbeat": time.time(),
+            }
+        )
+    )
+    t0 = time.monotonic()
+    with store_lock(tmp_path, "after a crash", timeout=5):
+        assert json.loads(lock_file.read_text())["purpose"] == "after a crash"
+    assert time.monotonic() - t0 < 2 and not lock_file.exists()
+
+    # a live holder is waited for, and the wait ends with a clear error at the timeout
+    with store_lock(tmp_path, "long add"), pytest.raises(Exception) as err:
+        store_lock(tmp_path, "second", timeout=0.5).acquire()
+    assert "long add" in str(err.value) and LOCK_NAME in str(err.value)
