@@ -259,3 +259,70 @@ def test_a_worker_killed_mid_ingestion_loses_nothing(real_cluster, scenes, tmp_p
     planned = next(ln for ln in stderr.splitlines() if "planned" in ln)
     assert f"{out_chunks(stderr)} chunks to compute" in planned
     assert "images 4/4" in [ln for ln in stderr.splitlines() if "chunks " in ln][-1]
+
+
+# -- the local cluster and the progress line ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factor", "workers", "slots"),
+    [(None, None, 8), ("4", None, 4), ("0", None, 1), ("50%", None, 4), ("150%", None, 12),
+     ("1%", None, 1), ("100%", None, 8), ("50%", 3, 3)],
+)  # fmt: skip
+def test_local_cluster_size_follows_parallel_processing_factor(monkeypatch, factor, workers, slots):
+    from cluster import local_cluster_size
+    from engine.request import parse_context
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    ctx = parse_context({} if factor is None else {"parallelProcessingFactor": factor})
+    assert local_cluster_size(ctx.parallel_processing_factor, workers) == slots
+
+
+def test_local_cluster_is_threads_by_default_and_processes_on_request():
+    from cluster import dask_client
+
+    with dask_client(workers=2) as c:
+        (w,) = c.scheduler_info()["workers"].values()
+        assert w["nthreads"] == 2
+        assert set(c.run(os.getpid).values()) == {os.getpid()}
+    with dask_client(workers=2, processes=True) as c:
+        workers = c.scheduler_info()["workers"].values()
+        assert [w["nthreads"] for w in workers] == [1, 1]
+        pids = set(c.run(os.getpid).values())
+        assert len(pids) == 2 and os.getpid() not in pids
+        # the plugin reached the new processes before any task
+        seen = c.run(
+            lambda: __import__("rasterio.env").env.get_gdal_config(
+                "GDAL_DISABLE_READDIR_ON_OPEN", normalize=False
+            )
+        )
+        assert set(seen.values()) == {"EMPTY_DIR"}
+
+
+def test_progress_line_shows_mb_per_s_and_an_eta_from_the_recent_pace():
+    import io
+
+    from engine.cli import ProgressPrinter
+
+    out = io.StringIO()
+    show = ProgressPrinter(out, every=0.0, window=10.0)
+    total = 100_000_000
+
+    def event(t: float, done: int, chunks_done: int) -> str:
+        show({"stage": "chunks", "chunks_done": chunks_done, "chunks": 100, "images_done": 0,
+              "images": 4, "bytes_done": done, "bytes": total, "elapsed": t})  # fmt: skip
+        return out.getvalue().splitlines()[-1]
+
+    # 1 MB/s for 20 s: 20 MB done, 80 MB left
+    for t in range(1, 21):
+        line = event(float(t), t * 1_000_000, t)
+    assert line.endswith("images 0/4  chunks 20/100  1.0 MB/s  ETA 80 s")
+    # the pace rises to 5 MB/s: after 10 s the rate and the ETA follow it, not the average
+    for t in range(21, 31):
+        line = event(float(t), 20_000_000 + (t - 20) * 5_000_000, t)
+    assert line.endswith("chunks 30/100  5.0 MB/s  ETA 6 s")
+    # without byte counts (an older engine) the pace is in chunks
+    show = ProgressPrinter(out, every=0.0)
+    show({"stage": "chunks", "chunks_done": 5, "chunks": 10, "images_done": 1, "images": 2,
+          "elapsed": 5.0})  # fmt: skip
+    assert out.getvalue().splitlines()[-1].endswith("chunks 5/10  1.0 chunks/s  ETA 5 s")
