@@ -38,9 +38,10 @@ from engine import mosaic
 from engine.errors import RequestError
 from engine.geometry import Region
 from engine.grid import Grid, as_crs
+from graphs.chunk import default_tolerance
 
 _SORT_FIELDS = "acquisition_time, cloud_cover or any numeric catalog column"
-_EPS = 1e-6  # in pixels: a bbox edge this close to a lattice line is on it
+_EPS = 1e-3  # in pixels: a bbox edge this close to a line of the grid is on it
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def render_block(
         operation=operation,
         threads=2,
         dtype=out_type if direct else None,
+        tolerance=default_tolerance(resampling),  # blocks equal one warp of the whole grid
     )
     data = data.astype(out_type, copy=False)
     data[:, ~valid] = fill

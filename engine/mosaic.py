@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import rasterio
 import zarr
 from affine import Affine
 from pyproj import CRS
 from rasterio.crs import CRS as RioCRS
 from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
 from engine.chunkread import WindowReader
@@ -217,9 +219,16 @@ def warp_image(
     dst: Grid,
     resampling: str = "nearest",
     reader: WindowReader | None = None,
+    tolerance: float | None = None,
 ) -> Piece | None:
     """``bands`` of one stored image on ``dst``: nearest on the same frame is an index
-    lookup; anything else is GDAL's warp of the window the destination needs."""
+    lookup; anything else is GDAL's warp of the window the destination needs.
+
+    ``tolerance`` is GDAL's transformer error threshold in source pixels; None keeps
+    GDAL's default (0.125), whose interpolation along each destination row makes a pixel
+    depend on where ``dst`` starts. A tiny one (1e-9: exact) makes a block of a grid equal
+    the same pixels of a warp onto the whole grid, as the lazy mosaic needs.
+    """
     index = _same_frame_nearest(img.grid, dst) if resampling == "nearest" else None
     reader = reader or WindowReader(_CHUNK_POOL)
     if index is not None:
@@ -234,6 +243,11 @@ def warp_image(
         fill: float | None = math.nan
     else:
         fill = img.fill
+    if tolerance is not None:
+        win_grid = img.grid.window(r0, c0, r1 - r0, c1 - c0)
+        out = _warp_window(src, win_grid, fill, dst, resampling, tolerance)
+        valid = np.isfinite(out[0])
+        return Piece(slice(0, dst.height), slice(0, dst.width), out, valid) if valid.any() else None
     out = np.full((len(bands), dst.height, dst.width), np.nan, dtype="float64")
     reproject(
         source=src,
@@ -250,6 +264,26 @@ def warp_image(
     if not valid.any():
         return None
     return Piece(slice(0, dst.height), slice(0, dst.width), out, valid)
+
+
+def _warp_window(
+    src: np.ndarray, grid: Grid, fill: float | None, dst: Grid, resampling: str, tolerance: float
+) -> np.ndarray:
+    """GDAL's warp of ``src`` (on ``grid``) onto ``dst`` as float64, NaN where nothing
+    lands, with the transformer error threshold ``tolerance``: a WarpedVRT over an
+    in-memory dataset (``reproject`` always uses GDAL's default 0.125 px)."""
+    profile = {"width": grid.width, "height": grid.height, "count": src.shape[0]}
+    with rasterio.open(
+        "", "w+", driver="MEM", dtype=src.dtype, crs=RioCRS.from_wkt(grid.crs_wkt),
+        transform=grid.transform, nodata=fill, **profile,
+    ) as mem:  # fmt: skip
+        mem.write(src)
+        with WarpedVRT(
+            mem, crs=RioCRS.from_wkt(dst.crs_wkt), transform=dst.transform, width=dst.width,
+            height=dst.height, resampling=Resampling[resampling], tolerance=max(tolerance, 1e-9),
+            src_nodata=fill, nodata=math.nan, dtype="float64",
+        ) as vrt:  # fmt: skip
+            return vrt.read()
 
 
 def _span(index: np.ndarray, size: int) -> slice | None:
@@ -299,8 +333,11 @@ def render(
     operation: str = "first",
     threads: int = 4,
     dtype: str | np.dtype | None = None,
+    tolerance: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mosaic ``image_ids`` (in priority order) onto ``dst``.
+
+    ``tolerance`` is GDAL's transformer error threshold (see :func:`warp_image`).
 
     ``dtype`` (first/last/min/max only) assembles the mosaic in that type instead of
     float64: for nearest on the stored type it saves two conversions of the whole image.
@@ -330,7 +367,7 @@ def render(
 
     def one(image_id: str) -> Piece | None:
         img = index.get(image_id).level_for(dst)  # the overview that fits the request
-        return warp_image(img, bands, dst, resampling, index.reader)
+        return warp_image(img, bands, dst, resampling, index.reader, tolerance)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         # bounded look-ahead: at most 2 × threads warped images wait in memory
