@@ -71,7 +71,7 @@ def level_grid(grid: Grid, level: int) -> Grid:
     """The grid of overview ``level`` (0 is ``grid``): same origin, cells 2**level larger."""
     f = 2**level
     h, w = grid.shape
-    return Grid(grid.crs, grid.transform * Affine.scale(f), (-(-h // f), -(-w // f)))
+    return Grid(grid.crs, grid.transform @ Affine.scale(f), (-(-h // f), -(-w // f)))
 
 
 def is_categorical(band_name: str) -> bool:
@@ -195,8 +195,7 @@ def state_values(
     if dt.kind in "iu":
         info = np.iinfo(dt)
         mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
-    out = mean.astype(dt)
-    out[b == 0] = fill
+    out = np.where(b == 0, fill, mean).astype(dt)
     return out
 
 
