@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import rasterio
 import zarr
 from affine import Affine
 from pyproj import CRS
 from rasterio.crs import CRS as RioCRS
 from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
@@ -271,15 +271,16 @@ def _warp_window(
 ) -> np.ndarray:
     """GDAL's warp of ``src`` (on ``grid``) onto ``dst`` as float64, NaN where nothing
     lands, with the transformer error threshold ``tolerance``: a WarpedVRT over an
-    in-memory dataset (``reproject`` always uses GDAL's default 0.125 px)."""
+    in-memory GeoTIFF (``reproject`` always uses GDAL's default 0.125 px)."""
     profile = {"width": grid.width, "height": grid.height, "count": src.shape[0]}
-    with rasterio.open(
-        "", "w+", driver="MEM", dtype=src.dtype, crs=RioCRS.from_wkt(grid.crs_wkt),
-        transform=grid.transform, nodata=fill, **profile,
-    ) as mem:  # fmt: skip
-        mem.write(src)
-        with WarpedVRT(
-            mem, crs=RioCRS.from_wkt(dst.crs_wkt), transform=dst.transform, width=dst.width,
+    with MemoryFile() as mem:
+        with mem.open(
+            driver="GTiff", dtype=src.dtype, crs=RioCRS.from_wkt(grid.crs_wkt),
+            transform=grid.transform, nodata=fill, **profile,
+        ) as out:  # fmt: skip
+            out.write(src)
+        with mem.open() as ds, WarpedVRT(
+            ds, crs=RioCRS.from_wkt(dst.crs_wkt), transform=dst.transform, width=dst.width,
             height=dst.height, resampling=Resampling[resampling], tolerance=max(tolerance, 1e-9),
             src_nodata=fill, nodata=math.nan, dtype="float64",
         ) as vrt:  # fmt: skip
