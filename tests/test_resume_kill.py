@@ -1,0 +1,167 @@
+"""A create killed with SIGKILL at any point resumes to the result of an uninterrupted run
+(issue 6, item 3; SPEC §6).
+
+Each case runs the real ``mosaicflow create`` in a child process that SIGKILLs itself at
+one point of the run (a wrapper around one engine function, installed before the CLI
+starts: the engine itself is unchanged): while probing, halfway through the chunk tasks,
+after the chunks but before the catalog, and halfway through writing the catalog file
+(publishing). Right after the kill the store must
+be consistent — a catalog, if any, is whole and every image it lists as complete verifies;
+every group marked complete holds exactly the pixels its checksum says — and the same
+command then finishes the job: exit 0, the same per-image checksums as a clean run, one
+row per image, ObjectIDs 1..n, no temporary files left, ``mosaicflow verify`` clean.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from affine import Affine
+
+from engine import create_image_collection
+from engine.cli import main as cli_main
+from engine.store import image_meta, list_image_ids
+from engine.verify import image_checksum
+from tests.conftest import write_raster
+
+TILE = 128
+CONTEXT = {"outSR": 3857, "cellSize": 20, "resamplingMethod": "BILINEAR"}
+ARGS = ["--out-sr", "3857", "--cell-size", "20", "--resampling", "BILINEAR"]
+
+# The child: wrap one engine function so that the process SIGKILLs itself there, then run
+# the CLI. argv: point, then the CLI arguments.
+DRIVER = r"""
+import os, signal, sys
+point, argv = sys.argv[1], sys.argv[2:]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "probing":
+    import engine.rastertypes.raster_dataset as rd
+    probe, calls = rd.probe, []
+    def killing_probe(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            die()
+        return probe(*a, **k)
+    rd.probe = killing_probe
+elif point == "mid-chunks":
+    import engine.ingest as ingest
+    report = ingest._report
+    def killing_report(progress, **event):
+        if event.get("stage") == "chunks" and event["chunks_done"] * 2 >= event["chunks"]:
+            die()
+        return report(progress, **event)
+    ingest._report = killing_report
+elif point == "before-catalog":
+    import engine.update as update
+    update.commit = lambda *a, **k: die()
+elif point == "mid-catalog-write":
+    import engine.catalog as catalog
+    def half_written(path, write):
+        import io
+        buf = io.BytesIO()
+        write(buf)
+        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".x.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        die()
+    catalog.atomic_write = half_written
+
+from engine.cli import main
+sys.exit(main(argv))
+"""
+
+
+def _scenes(d: Path) -> list[str]:
+    return [
+        str(
+            write_raster(
+                d / f"k{k}.tif",
+                crs="EPSG:32633",
+                transform=Affine(15, 0, 500_000 + k * 1100, 0, -15, 5_200_000 - k * 500),
+                shape=(200, 230),
+                dtype="uint16",
+                nodata=0,
+                bands=2,
+                seed=50 + k,
+            )
+        )
+        for k in range(4)
+    ]
+
+
+@pytest.fixture(scope="module")
+def clean(client, tmp_path_factory) -> tuple[list[str], dict[str, str]]:
+    """The inputs and the per-image checksums of an uninterrupted run."""
+    d = tmp_path_factory.mktemp("kill-inputs")
+    scenes = _scenes(d)
+    result = create_image_collection(
+        scenes,
+        image_collection=str(d / "clean.zarr"),
+        context=CONTEXT,
+        client=client,
+        tile_size=TILE,
+    )
+    assert result.exit_code == 0
+    return scenes, {r.image_id: r.checksum for r in result.records}
+
+
+def _create(store: Path, scenes: list[str], point: str | None) -> subprocess.CompletedProcess:
+    argv = ["create", str(store), *scenes, *ARGS, "--tile-size", str(TILE), "--workers", "2"]
+    cmd = [sys.executable, "-c", DRIVER, point or "none", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _assert_consistent(store: Path) -> None:
+    """What a reader may rely on at any moment, even right after a crash."""
+    for image_id in list_image_ids(store):
+        meta = image_meta(store, image_id) or {}
+        if meta.get("status") == "complete":  # the commit mark: every chunk is there
+            assert image_checksum(str(store), image_id, meta["band_names"]) == meta["checksum"]
+    cat = store / "catalog.parquet"
+    if cat.exists():
+        rows = pq.read_table(cat).to_pylist()  # whole, never half-written
+        assert len({r["image_id"] for r in rows}) == len(rows)
+        assert cli_main(["verify", str(store)]) == 0
+
+
+@pytest.mark.parametrize("point", ["probing", "mid-chunks", "before-catalog", "mid-catalog-write"])
+def test_a_killed_create_resumes_to_the_clean_result(client, clean, tmp_path, point):
+    scenes, checksums = clean
+    store = tmp_path / "k.zarr"
+    killed = _create(store, scenes, point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    if store.exists():
+        _assert_consistent(store)
+    status = {i: (image_meta(store, i) or {}).get("status") for i in list_image_ids(store)}
+    if point == "probing":
+        assert not status, "killed before any image was planned"
+    elif point == "mid-chunks":
+        assert "writing" in status.values(), "killed with images half-written"
+    else:
+        assert set(status.values()) == {"complete"} and len(status) == len(checksums)
+        assert not (store / "catalog.parquet").exists()
+    if point == "mid-catalog-write":
+        assert list(store.glob(".catalog.parquet.*.tmp")), "the half-written temp file"
+
+    # the next run of the same request (the flags make the same request as these values)
+    again = create_image_collection(
+        scenes, image_collection=str(store), context=CONTEXT, client=client, tile_size=TILE
+    )
+    assert again.exit_code == 0, again.failed
+    rows = pq.read_table(store / "catalog.parquet").to_pylist()
+    assert {r["image_id"]: r["checksum"] for r in rows} == checksums
+    assert len(rows) == len(checksums), "one row per image"
+    assert sorted(r["ObjectID"] for r in rows) == list(range(1, len(rows) + 1))
+    assert {r["status"] for r in rows} == {"complete"}
+    assert not list(store.glob(".*.tmp*")), "temporary files of the killed run are gone"
+    assert sorted(p.stem for p in (store / "stac" / "items").glob("*.json")) == sorted(checksums)
+    assert (store / "service.json").exists()
+    _assert_consistent(store)
