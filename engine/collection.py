@@ -99,6 +99,7 @@ class Collection:
         *,
         crs: Any = None,
         resolution: float | Sequence[float] | None = None,
+        shape: Sequence[int] | None = None,
         method: str = "first",
         sort_by: str | None = None,
         ascending: bool = True,
@@ -125,6 +126,9 @@ class Collection:
         resolution : float or (x, y), optional
             Cell size in ``crs`` units; default the collection cell size (in another CRS,
             the size GDAL suggests for the collection extent).
+        shape : (height, width), optional
+            Instead of ``resolution``: cut the bbox, kept exactly (no snapping), into this
+            many pixels, like exportImage's ``size``.
         method : {"first", "last", "min", "max", "mean"}
             The mosaic operation (ArcGIS MT_FIRST …): first/last valid pixel in mosaic
             order, or min/max/mean of the valid pixels.
@@ -168,6 +172,7 @@ class Collection:
             bbox_crs=bbox_crs,
             crs=crs,
             resolution=resolution,
+            shape=shape,
             method=method,
             sort_by=sort_by,
             ascending=ascending,
@@ -183,6 +188,7 @@ class Collection:
         *,
         crs: Any = None,
         resolution: float | Sequence[float] | None = None,
+        shape: Sequence[int] | None = None,
         bands: Sequence[str] | str | None = None,
         time_field: str = "acquisition_time",
         where: Any = None,
@@ -198,7 +204,7 @@ class Collection:
         bbox take part. Pixels no image covers are NaN for float types and the
         collection's nodata for integer types. Non-dimension coordinates per time:
         ``image_id`` and ``name`` (comma-joined when several images share a time) and
-        ``cloud_cover`` (their mean). ``bbox``, ``crs``, ``resolution``, ``bands``,
+        ``cloud_cover`` (their mean). ``bbox``, ``crs``, ``resolution``, ``shape``, ``bands``,
         ``where``, ``resampling``, ``chunks`` and ``bbox_crs`` are as in :meth:`mosaic`.
 
         Examples
@@ -214,6 +220,7 @@ class Collection:
             bbox_crs=bbox_crs,
             crs=crs,
             resolution=resolution,
+            shape=shape,
             bands=bands,
             time_field=time_field,
             where=where,

@@ -163,11 +163,14 @@ def output_grid(
     bbox_crs: Any = None,
     crs: Any = None,
     resolution: float | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
 ) -> Grid:
     """The mosaic's grid: ``bbox`` (in ``bbox_crs``, default ``crs``; default the images'
     extent) in ``crs`` (default the collection's), cells of ``resolution`` (default the
     collection cell size, or GDAL's suggested size in another CRS), edges snapped outward
-    to multiples of the resolution (from the collection origin in its own CRS)."""
+    to multiples of the resolution (from the collection origin in its own CRS). With
+    ``shape`` (height, width) instead, the bbox is kept exactly and cut into that many
+    pixels (like exportImage's ``size`` or GDAL's ``out_shape``)."""
     ccrs = CRS.from_wkt(coll.info.crs_wkt)
     try:
         dcrs = ccrs if crs is None else as_crs(crs)
@@ -190,6 +193,8 @@ def output_grid(
         box = Region.from_bounds(box, box_crs).to_crs(dcrs).bounds
     if not all(math.isfinite(v) for v in box):
         raise RequestError("bbox", bbox, f"has no position in {dcrs.name}", "give another crs")
+    if shape is not None:
+        return _shaped(box, dcrs, shape, resolution)
     xres, yres = _resolution(coll, resolution, ccrs, dcrs, box_crs, rows)
     ox, oy = coll.info.origin if dcrs == ccrs else (0.0, 0.0)
     c0 = math.floor((box[0] - ox) / xres + _EPS)
@@ -198,6 +203,19 @@ def output_grid(
     r1 = math.ceil((box[3] - oy) / yres - _EPS)
     transform = Affine(xres, 0.0, ox + c0 * xres, 0.0, -yres, oy + r1 * yres)
     return Grid(dcrs, transform, (max(1, r1 - r0), max(1, c1 - c0)))
+
+
+def _shaped(box: Sequence[float], crs: CRS, shape: Sequence[int], resolution: Any) -> Grid:
+    if resolution is not None:
+        raise RequestError("shape", shape, "given with a resolution", "give one of the two")
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1:
+        raise RequestError("shape", shape, "not (height, width) in pixels", "e.g. (1024, 1024)")
+    xmin, ymin, xmax, ymax = box
+    return Grid(crs, Affine((xmax - xmin) / w, 0.0, xmin, 0.0, -(ymax - ymin) / h, ymax), (h, w))
 
 
 def _resolution(
@@ -369,6 +387,7 @@ def lazy_mosaic(
     bbox_crs: Any = None,
     crs: Any = None,
     resolution: float | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
     method: str = "first",
     sort_by: str | None = None,
     ascending: bool = True,
@@ -382,7 +401,7 @@ def lazy_mosaic(
     _check(method, resampling)
     sel = select(coll, where=where, sort_by=sort_by, ascending=ascending, bands=bands)
     grid = output_grid(
-        coll, sel.table, bbox=bbox, bbox_crs=bbox_crs, crs=crs, resolution=resolution
+        coll, sel.table, bbox=bbox, bbox_crs=bbox_crs, crs=crs, resolution=resolution, shape=shape
     )
     dtype, fill, direct = _value_type(sel, resampling, method)
     ys, xs, parts = blocks(grid, chunks)
@@ -438,6 +457,7 @@ def lazy_stack(
     bbox_crs: Any = None,
     crs: Any = None,
     resolution: float | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
     bands: Sequence[str] | str | None = None,
     time_field: str = "acquisition_time",
     where: Any = None,
@@ -449,7 +469,7 @@ def lazy_stack(
     _check("first", resampling)
     sel = select(coll, where=where, bands=bands)
     grid = output_grid(
-        coll, sel.table, bbox=bbox, bbox_crs=bbox_crs, crs=crs, resolution=resolution
+        coll, sel.table, bbox=bbox, bbox_crs=bbox_crs, crs=crs, resolution=resolution, shape=shape
     )
     ccrs = CRS.from_wkt(coll.info.crs_wkt)
     t = sel.table.take(pa.array(block_images(sel.table, grid, ccrs), type=pa.int64()))

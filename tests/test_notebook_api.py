@@ -166,6 +166,18 @@ def test_first_in_another_resolution_and_bbox_equals_gdal(store, sources, tmp_pa
     np.testing.assert_array_equal(m.values, _gdal_vrt_warp(sources[::-1], tmp_path / "rev.vrt", m))
 
 
+def test_shape_keeps_the_bbox_and_equals_gdal(store, sources, tmp_path):
+    """``shape`` cuts the bbox as given (no snapping) into that many pixels (1.43 cells each,
+    off the lattice): still the pixels GDAL's nearest warp of the VRT picks."""
+    coll = open_collection(store)
+    bbox = (X0 + 333.0, Y0 - 2100.0, X0 + 2333.0, Y0 - 101.0)
+    m = coll.mosaic(bbox, shape=(70, 70), chunks=32)
+    assert m.rio.bounds() == pytest.approx(bbox) and m.shape == (3, 70, 70)
+    np.testing.assert_array_equal(m.values, _gdal_vrt_warp(sources[::-1], tmp_path / "r.vrt", m))
+    with pytest.raises(RequestError, match="shape"):
+        coll.mosaic(bbox, shape=(70, 70), resolution=30)
+
+
 def test_coarse_mosaic_reads_the_overview(store):
     """At 2× the cell size each image is read from its first overview level."""
     import zarr
