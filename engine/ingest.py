@@ -33,9 +33,8 @@ from pyproj import CRS
 
 from cluster import apply_gdal_env, dashboard_link, dask_client
 from engine import catalog, footprint, service, stac, store
-from engine.byref import BYREF_MODEL, chunk_bitmap
+from engine.byref import chunk_bitmap
 from engine.byref import create_group as create_byref_group
-from engine.byref import storable as byref_storable
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid, Lattice
 from engine.lock import store_lock
@@ -167,11 +166,10 @@ def run_request(
 ) -> IngestResult:
     """Run a validated request. Request errors are raised before anything is written.
 
-    ``on_existing`` says what an existing collection at the target means: ``"resume"``
-    (the same request resumes it, another one is refused) or ``"add"`` (the request's
-    images are added to it, engine.update). ``resolver`` (engine.items) resolves an
-    ``imageCollection.itemId`` to its store. Either way the run holds the store's writer
-    lock (engine.lock) from deciding what is done to publishing the catalog, and images
+    ``on_existing``: an existing collection at the target is resumed by the same request
+    (another one is refused) with ``"resume"``, added to with ``"add"`` (engine.update).
+    ``resolver`` (engine.items) resolves ``imageCollection.itemId``. The run holds the
+    store's writer lock (engine.lock) from deciding what is done to publishing; images
     already complete (by checksum) are skipped.
     """
     t0 = time.perf_counter()
@@ -189,14 +187,9 @@ def run_request(
             request.input_rasters, patterns=source_patterns(request.raster_type.name)
         )
     )
-    probed, failed = probe_all(refs, request.raster_type.name, request.raster_type.parameters)
-    if byref:  # a byref image is re-read from its attributes: no in-memory camera model
-        failed += [
-            _failed_record(s, s.source_uris[0], BYREF_MODEL, s.raster_type)
-            for s in probed
-            if not byref_storable(s)
-        ]
-        probed = [s for s in probed if byref_storable(s)]
+    from engine.update import commit, gather_images  # engine.update builds on this module
+
+    probed, failed = gather_images(refs, request, path)  # probe; stored collections' images
     _report(progress, stage="probed", images=len(probed), failed=len(failed))
 
     ctx = request.context
@@ -237,8 +230,6 @@ def run_request(
         store.init_store(
             path, info, request_token=request_fingerprint(request), overwrite=request.overwrite
         )
-    from engine.update import commit  # engine.update builds on this module
-
     with store_lock(path, "add" if on_existing == "add" else "create"):
         done = _complete_images(path) if existing is not None else {}
         todo = [p for p in plan.images if p.source.image_id not in done]
@@ -286,15 +277,9 @@ def resolve_store(request: CreateRequest, resolver: Any = None) -> tuple[str, st
     """
     target = request.image_collection
     if target.item_id and not target.uri and resolver is not None:
-        found = resolver.resolve_item(target.item_id)
-        if not found or not store.is_store(found[0]):
-            raise RequestError(
-                "imageCollection.itemId",
-                target.item_id,
-                "is not an image collection item",
-                "give the item id of a collection created by mosaicflow",
-            )
-        return store.store_path(found[0]), store.read_info(found[0]).name
+        from engine.update import item_store
+
+        return item_store(target.item_id, resolver)
     if target.uri:
         path = (
             str(Path(target.uri).expanduser().resolve()) if "://" not in target.uri else target.uri
@@ -337,13 +322,10 @@ def request_fingerprint(request: CreateRequest) -> str:
 def _existing_collection(
     path: str, request: CreateRequest, on_existing: str = "resume"
 ) -> CollectionInfo | None:
-    """The collection already at ``path`` when this request resumes or adds to it; None
-    for a new one.
+    """The collection at ``path`` this request resumes or adds to; None for a new one.
 
-    With ``on_existing="resume"`` an existing store is resumed only by the very request
-    that made it (same fingerprint); anything else there is refused unless ``overwrite``
-    replaces it. With ``"add"`` the store must be a collection, and the request may not ask
-    for another CRS or cell size than the collection's (fixed at its creation).
+    ``"resume"``: only the request that made the store (same fingerprint) resumes it;
+    another is refused unless ``overwrite`` replaces it. ``"add"``: engine.update.add_target.
     """
     if on_existing == "add":
         from engine.update import add_target
@@ -689,6 +671,7 @@ def finish_image(
     from graphs.kernels import combine_digests
 
     checksum = combine_digests(digests, p.grid.shape, p.dtype)
+    retries = sum(int(s.get("retries", 0)) for s in summaries)  # transient remote read errors
     mask, mask_grid = _assemble_mask(summaries, p.grid, lattice.tile_size)
     fp_native = footprint.mask_to_footprint(mask, mask_grid)
     if p.coverage is not None and not fp_native.is_empty:
@@ -731,7 +714,7 @@ def finish_image(
         sun_elevation=src.sun_elevation,
         sun_azimuth=src.sun_azimuth,
         ingested_at=now,
-        extra=dict(src.extra),
+        extra=dict(src.extra) | ({"read_retries": retries} if retries else {}),
     )
 
 
