@@ -26,6 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from pyproj import CRS
 from engine import store
 from engine.errors import StoreError
 from engine.grid import Grid
-from engine.mosaic import StoredImage
+from engine.mosaic import ImageIndex, StoredImage, warp_image
 from engine.rastertypes.base import ImageSource, SourcePart
 from graphs import kernels
 from graphs.chunk import ImageJob, warp_chunk
@@ -271,6 +272,42 @@ def image_checksum(path: str, image_id: str) -> str:
     job, written, _ = open_job(path, image_id)
     digests = [(i, j, kernels.chunk_digest(read_chunk(job, i, j))) for i, j in sorted(written)]
     return kernels.combine_digests(digests, job.grid.shape, job.dtype)
+
+
+# -- images of another collection as a source (georef "collection") -------------------
+
+
+@lru_cache(maxsize=16)
+def _index(path: str) -> ImageIndex:
+    return ImageIndex(path, CRS.from_wkt(store.read_info(path).crs_wkt))
+
+
+def warp_stored_part(
+    part: SourcePart, dst: Grid, resampling: str, dst_nodata: float | None, dtype: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A stored image of another collection (``part.path`` = its group) warped onto
+    ``dst``, as graphs.chunk.warp_part returns it: (bands, h, w) of ``dtype`` and the
+    coverage when ``dst_nodata`` is None.
+
+    engine.mosaic reads it (its stored chunks, or its own source when it is byref): on
+    the same lattice with nearest the stored pixels themselves, else GDAL's warp of the
+    window ``dst`` needs (integers rounded half up, as GDAL does).
+    """
+    path, image_id = part.path.rsplit("/images/", 1)
+    index = _index(path)
+    piece = warp_image(index.get(image_id), list(part.band_names), dst, resampling, index.reader)
+    fill = 0 if dst_nodata is None else dst_nodata
+    out = np.full((len(part.band_names), dst.height, dst.width), fill, dtype=dtype)
+    covered = np.zeros(dst.shape, dtype=bool)
+    if piece is not None:
+        vals = piece.vals
+        if np.dtype(dtype).kind in "iu" and vals.dtype.kind == "f":
+            info = np.iinfo(dtype)
+            vals = np.clip(np.floor(np.nan_to_num(vals) + 0.5), info.min, info.max)
+        view = out[:, piece.rows, piece.cols]
+        np.copyto(view, vals, where=piece.valid[None], casting="unsafe")
+        covered[piece.rows, piece.cols] = piece.valid
+    return out, (covered if dst_nodata is None else None)
 
 
 _CACHE_CHUNKS = 32  # warped chunks kept per process for window reads (exportImage)

@@ -34,8 +34,9 @@ from pyproj import CRS
 
 from engine import catalog, store
 from engine.errors import RequestError
-from engine.ingest import IngestResult, Progress, publish, run_request
+from engine.ingest import IngestResult, Progress, _failed_record, probe_all, publish, run_request
 from engine.lock import store_lock
+from engine.rastertypes.base import ImageSource, SourcePart
 from engine.records import CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
 
@@ -123,6 +124,94 @@ def remove_images(collection: str | os.PathLike[str], image_ids: Iterable[str]) 
             )
         commit(path, info, [], replace_all=False, remove=wanted)
     return wanted
+
+
+def item_store(item_id: str, resolver: Any) -> tuple[str, str]:
+    """The store path and name of the collection a portal item (engine.items) names."""
+    found = resolver.resolve_item(item_id)
+    if not found or not store.is_store(found[0]):
+        raise RequestError(
+            "imageCollection.itemId",
+            item_id,
+            "is not an image collection item",
+            "give the item id of a collection created by mosaicflow",
+        )
+    return store.store_path(found[0]), store.read_info(found[0]).name
+
+
+def gather_images(
+    refs: list[Any], request: CreateRequest, target: str
+) -> tuple[list[ImageSource], list[ImageRecord]]:
+    """The request's images: each source probed by its raster type, and the complete images
+    of every input that is itself a collection (read through engine.byref.warp_stored_part:
+    byvalue copies their pixels, byref points at their stored arrays)."""
+    from engine.byref import BYREF_MODEL, storable
+
+    collections = [r for r in refs if store.is_store(r.uri)]
+    others = [r for r in refs if r not in collections]
+    rtype = request.raster_type
+    probed, failed = probe_all(others, rtype.name, rtype.parameters) if others else ([], [])
+    for ref in collections:
+        if os.path.realpath(ref.uri) == os.path.realpath(target):
+            raise RequestError(
+                "inputRasters",
+                ref.uri,
+                "is the collection the images are added to",
+                "name another collection, or the rasters to add",
+            )
+        probed += stored_images(ref.uri)
+    if request.input_rasters.byref:  # re-read from attributes alone: no in-memory model
+        failed += [
+            _failed_record(s, s.source_uris[0], BYREF_MODEL, s.raster_type)
+            for s in probed
+            if not storable(s)
+        ]
+        probed = [s for s in probed if storable(s)]
+    return probed, failed
+
+
+def stored_images(collection: str) -> list[ImageSource]:
+    """The complete images of another collection as sources: one part per image, georef
+    ``"collection"``, its path the image's group; ids, names and metadata carried over."""
+    path = store.store_path(collection)
+    cat = Path(path) / "catalog.parquet"
+    if not cat.exists():
+        raise RequestError(
+            "inputRasters", path, "is a collection without a catalog", "finish it first"
+        )
+    out = []
+    for rec in catalog.read_records(cat):
+        if rec.status != "complete" or rec.grid is None:
+            continue
+        group = store.image_group_path(path, rec.image_id)
+        part = SourcePart(
+            path=group,
+            band_indexes=tuple(range(1, len(rec.band_names) + 1)),
+            band_names=tuple(rec.band_names),
+            grid=rec.grid,
+            dtype=rec.dtype,
+            nodata=rec.nodata,
+            georef="collection",
+        )
+        extra = {k: v for k, v in rec.extra.items() if k not in catalog.OVERRIDABLE}
+        out.append(
+            ImageSource(
+                image_id=rec.image_id,
+                name=rec.name,
+                source_uris=[group],
+                raster_type=rec.raster_type,
+                parts=[part],
+                product_name=rec.product_name,
+                sensor=rec.sensor,
+                group=rec.group,
+                acquisition_time=rec.acquisition_time,
+                cloud_cover=rec.cloud_cover,
+                sun_elevation=rec.sun_elevation,
+                sun_azimuth=rec.sun_azimuth,
+                extra=extra,
+            )
+        )
+    return out
 
 
 def add_target(path: str, request: CreateRequest) -> CollectionInfo:

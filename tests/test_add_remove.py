@@ -19,11 +19,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from affine import Affine
 
-from engine import create_image_collection
+from engine import create_image_collection, open_collection
 from engine.cli import main as cli_main
 from engine.errors import RequestError
 from engine.lock import LOCK_NAME, store_lock
@@ -212,3 +213,36 @@ def test_the_store_lock_admits_one_holder_and_takes_over_a_dead_ones(tmp_path):
     with store_lock(tmp_path, "long add"), pytest.raises(Exception) as err:
         store_lock(tmp_path, "second", timeout=0.5).acquire()
     assert "long add" in str(err.value) and LOCK_NAME in str(err.value)
+
+
+def test_a_collection_given_as_input_adds_its_images_byvalue_or_byref(client, tmp_path):
+    kw = {"context": {**CONTEXT, "resamplingMethod": "NEAREST"}, "client": client}
+    src = tmp_path / "src.zarr"
+    made = create_image_collection(
+        [_scene(tmp_path, 0), _scene(tmp_path, 1)], image_collection=str(src), tile_size=TILE, **kw
+    )
+    assert made.exit_code == 0
+    original = {r.image_id: r.checksum for r in made.records}
+    for byref in (False, True):
+        dst = tmp_path / f"dst-{byref}.zarr"
+        create_image_collection(
+            [_scene(tmp_path, 2)], image_collection=str(dst), tile_size=TILE, **kw
+        )
+        added = add_images(dst, [src], byref=byref, client=client)
+        assert added.exit_code == 0 and len(added.records) == 2
+        rows = _catalog(dst)
+        # the same images (ids, names), the same pixels (checksums) on the same lattice
+        assert {i: rows[i]["checksum"] for i in original} == original
+        assert all(rows[i]["byref"] is byref for i in original)
+        assert all(
+            rows[i]["source_uris"] == [str(src / "images" / i)] for i in original
+        )  # where the pixels came from
+        chunks = {i: list((dst / "images" / i).rglob("c/*/*")) for i in original}
+        assert all(bool(c) is not byref for c in chunks.values())
+        coll, back = open_collection(dst), open_collection(src)
+        for i in original:
+            np.testing.assert_array_equal(coll.image(i).b1.values, back.image(i).b1.values)
+        assert cli_main(["verify", str(dst)]) == 0
+    with pytest.raises(RequestError) as err:
+        add_images(src, [src], client=client)
+    assert "collection the images are added to" in str(err.value)
