@@ -671,6 +671,7 @@ def finish_image(
     from graphs.kernels import combine_digests
 
     checksum = combine_digests(digests, p.grid.shape, p.dtype)
+    retries = sum(int(s.get("retries", 0)) for s in summaries)  # transient remote read errors
     mask, mask_grid = _assemble_mask(summaries, p.grid, lattice.tile_size)
     fp_native = footprint.mask_to_footprint(mask, mask_grid)
     if p.coverage is not None and not fp_native.is_empty:
@@ -713,7 +714,7 @@ def finish_image(
         sun_elevation=src.sun_elevation,
         sun_azimuth=src.sun_azimuth,
         ingested_at=now,
-        extra=dict(src.extra),
+        extra=dict(src.extra) | ({"read_retries": retries} if retries else {}),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -256,7 +257,43 @@ class ChunkReadError(RuntimeError):
     the client intact (GDAL's chained errors do not survive distributed's serialisation)."""
 
 
-def _read_failure(part: SourcePart, exc: Exception) -> ChunkReadError:
+# Reads from object stores and web servers fail transiently (throttling, resets, 5xx that
+# outlast GDAL's own GDAL_HTTP_MAX_RETRY): a chunk retries its remote reads with backoff on
+# a fresh handle, and counts the retries in its summary. Local read errors do not heal.
+REMOTE_ATTEMPTS = 4
+_BACKOFF_S = (0.2, 1.0, 3.0)
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsioss", "/vsiswift")) or (
+        path.startswith(("/vsizip/", "/vsitar/")) and "/vsi" in path[8:]
+    )
+
+
+def _forget(path: str) -> None:
+    """Drop this thread's cached handle of ``path`` (a failed handle may stay failed)."""
+    cache: dict[str, Any] = getattr(_local, "datasets", None) or {}
+    ds = cache.pop(path, None)
+    if ds is not None:
+        ds.close()
+
+
+def _warp_with_retries(part: SourcePart, *args: Any) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``warp_part`` with bounded retries for remote sources; returns the retry count too."""
+    attempts = REMOTE_ATTEMPTS if _is_remote(part.path) else 1
+    for attempt in range(attempts):
+        try:
+            data, covered = warp_part(part, *args)
+            return data, covered, attempt
+        except (RasterioError, CPLE_BaseError) as exc:
+            if attempt + 1 == attempts:
+                raise _read_failure(part, exc, attempts) from None
+            _forget(part.path)
+            time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+    raise AssertionError("unreachable")
+
+
+def _read_failure(part: SourcePart, exc: Exception, attempts: int = 1) -> ChunkReadError:
     causes: list[str] = []
     e: BaseException | None = exc
     while e is not None and len(causes) < 4:
@@ -265,6 +302,11 @@ def _read_failure(part: SourcePart, exc: Exception) -> ChunkReadError:
             causes.append(text)
         e = e.__cause__ or e.__context__
     detail = "; ".join(causes) or type(exc).__name__
+    if attempts > 1:
+        return ChunkReadError(
+            f"read error in {part.path} after {attempts} attempts: the object is unreachable,"
+            f" missing or corrupt (GDAL: {detail})"
+        )
     return ChunkReadError(
         f"read error in {part.path}: the file is truncated or corrupt (GDAL: {detail})"
     )
@@ -279,13 +321,12 @@ def warp_chunk(job: ImageJob, i: int, j: int) -> tuple[np.ndarray, np.ndarray, i
     origin = _lattice_rowcol(dst, job.origin) if job.fast else None
     blocks = []
     coverage: np.ndarray | None = None
+    retries = 0
     for p, sc in zip(job.parts, scales, strict=True):
-        try:
-            data, covered = warp_part(
-                p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance, origin
-            )
-        except (RasterioError, CPLE_BaseError) as exc:
-            raise _read_failure(p, exc) from None
+        data, covered, n = _warp_with_retries(
+            p, dst, job.resampling, job.nodata, job.dtype, sc, job.tolerance, origin
+        )
+        retries += n
         blocks.append(data)
         if covered is not None:
             coverage = covered if coverage is None else coverage & covered
@@ -300,13 +341,13 @@ def warp_chunk(job: ImageJob, i: int, j: int) -> tuple[np.ndarray, np.ndarray, i
         valid = coverage if coverage is not None else np.ones(dst.shape, dtype=bool)
     else:
         valid = kernels.valid_mask(block, job.nodata)
-    return block, valid, 0
+    return block, valid, retries
 
 
 def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store (unless the image is
     byref: ``job.write`` False), return its summary."""
-    block, valid, _ = warp_chunk(job, i, j)
+    block, valid, retries = warp_chunk(job, i, j)
     n_valid = int(valid.sum())
     summary: dict[str, Any] = {
         "i": i,
@@ -317,6 +358,7 @@ def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
         if n_valid
         else None,
         "digest": kernels.chunk_digest(block) if n_valid else None,
+        "retries": retries,
     }
     if n_valid and job.write:
         r0, c0 = i * job.tile, j * job.tile
