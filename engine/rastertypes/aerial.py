@@ -28,7 +28,7 @@ from engine.camera.placement import ground_height
 from engine.camera.tables import Camera, FramePose, P, camera_from_params, frame_table
 from engine.dem import Terrain, terrain_from_params
 from engine.errors import ImageError, RequestError
-from engine.rastertypes.base import ImageSource
+from engine.rastertypes.base import ImageSource, probe_one
 
 NAME = "Aerial"
 
@@ -46,12 +46,7 @@ def probe(
     uri: str, gdal_path: str, name: str, params: Mapping[str, Any] | None = None
 ) -> ImageSource:
     """Place one frame; see :func:`probe_batch`."""
-    from engine.sources import SourceRef
-
-    result = probe_batch([SourceRef(uri, gdal_path, name)], params or {})[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return probe_one(probe_batch, uri, gdal_path, name, params)
 
 
 def probe_batch(refs: list[Any], params: Mapping[str, Any]) -> list[ImageSource | Exception]:

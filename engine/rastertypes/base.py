@@ -90,3 +90,14 @@ def image_id_for(raster_type: str, uris: list[str], name: str) -> str:
     ).hexdigest()
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:60] or "image"
     return f"{stem}-{digest}"
+
+
+def probe_one(probe_batch: Any, uri: str, gdal_path: str, name: str, params: Any) -> ImageSource:
+    """``probe`` for a type built on ``probe_batch``: the batch of one source."""
+    from engine.sources import SourceRef
+
+    result = probe_batch([SourceRef(uri, gdal_path, name)], params or {})[0]
+    if isinstance(result, Exception):
+        raise result
+    assert isinstance(result, ImageSource)
+    return result

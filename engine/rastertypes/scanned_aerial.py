@@ -26,7 +26,7 @@ from engine.camera.frame_model import Interior, fit_film_to_pixel
 from engine.camera.tables import Camera, P, json_value
 from engine.errors import ImageError, RequestError
 from engine.rastertypes.aerial import probe_frames
-from engine.rastertypes.base import ImageSource
+from engine.rastertypes.base import ImageSource, probe_one
 
 NAME = "ScannedAerial"
 SCALE_TOLERANCE = 0.02
@@ -110,9 +110,4 @@ def probe(
     uri: str, gdal_path: str, name: str, params: Mapping[str, Any] | None = None
 ) -> ImageSource:
     """Place one scanned frame; see :func:`probe_batch`."""
-    from engine.sources import SourceRef
-
-    result = probe_batch([SourceRef(uri, gdal_path, name)], params or {})[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return probe_one(probe_batch, uri, gdal_path, name, params)

@@ -38,7 +38,7 @@ from engine.camera.sensors import camera_properties, interior_for
 from engine.camera.tables import json_value
 from engine.dem import Terrain, terrain_from_params
 from engine.errors import ImageError, RequestError
-from engine.rastertypes.base import ImageSource
+from engine.rastertypes.base import ImageSource, probe_one
 
 NAME = "UAV/UAS"
 _P = "rasterType.rasterTypeParameters"
@@ -145,12 +145,7 @@ def probe(
     uri: str, gdal_path: str, name: str, params: Mapping[str, Any] | None = None
 ) -> ImageSource:
     """Place one frame alone (no track heading); see :func:`probe_batch`."""
-    from engine.sources import SourceRef
-
-    result = probe_batch([SourceRef(uri, gdal_path, name)], params or {})[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return probe_one(probe_batch, uri, gdal_path, name, params)
 
 
 def probe_batch(refs: list[Any], params: Mapping[str, Any]) -> list[ImageSource | Exception]:
