@@ -23,6 +23,7 @@ from engine.rastertypes import source_patterns
 from engine.request import RASTER_TYPES, CreateRequest, parse_request
 from engine.server.arcgis import ArcGISError, respond
 from engine.sources import resolve_sources
+from engine.store import is_store
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection"
 SERVICES = "/arcgis/rest/services"
@@ -68,6 +69,17 @@ def rooted(request: CreateRequest, root: Path) -> CreateRequest:
     return request
 
 
+def adds_to_existing(request: CreateRequest) -> str:
+    """An ``imageCollection`` {uri} of an existing collection or {itemId} adds the images
+    to it (engine.update); a {serviceProperties: {name}} creates, or resumes its job."""
+    target = request.image_collection
+    if request.overwrite:
+        return "resume"
+    if target.item_id and not target.uri:
+        return "add"
+    return "add" if target.uri and is_store(target.uri) else "resume"
+
+
 def _check_output(request: CreateRequest, state: ServerState) -> None:
     """With data stores registered, an output uri must lie in the raster store."""
     uri = request.image_collection.uri
@@ -88,7 +100,13 @@ def make_runner(state: ServerState, client_factory: Any = None) -> JobRunner:
     root = state.root
 
     def run(request: CreateRequest, **kwargs: Any) -> IngestResult:
-        result = run_request(rooted(request, root), sources=state.sources(request), **kwargs)
+        result = run_request(
+            rooted(request, root),
+            sources=state.sources(request),
+            resolver=state.items,
+            on_existing=adds_to_existing(request),
+            **kwargs,
+        )
         if state.items is not None and result.complete and runner_ref:
             # the created collection becomes a portal item, under the id the job announces
             url = f"{runner_ref[0].service_url}/Hosted/{result.name}/ImageServer"
