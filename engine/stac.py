@@ -157,6 +157,10 @@ def build_item(rec: ImageRecord, info: CollectionInfo, store_href: str) -> pysta
     href = _from_items_dir(posixpath.join(store_href.rstrip("/") or ".", "images", rec.image_id))
     asset = pystac.Asset(href=href, media_type=ZARR_MEDIA_TYPE, roles=["data"], title=rec.name)
     item.add_asset("data", asset)
+    if rec.byref:  # the group holds the grid and warp recipe; the pixels stay at the source
+        props["mosaicflow:byref"] = True
+        for k, uri in enumerate(rec.source_uris):
+            item.add_asset(f"source-{k + 1}", pystac.Asset(href=uri, roles=["source"]))
     nbands = max(len(rec.band_names), len(rec.stats))
     if nbands:
         bands = [_raster_band(rec, i) for i in range(nbands)]

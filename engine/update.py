@@ -35,7 +35,7 @@ from pyproj import CRS
 from engine import catalog, store
 from engine.errors import RequestError
 from engine.ingest import IngestResult, Progress, _failed_record, probe_all, publish, run_request
-from engine.lock import store_lock
+from engine.lock import LOCK_NAME, store_lock
 from engine.rastertypes.base import ImageSource, SourcePart
 from engine.records import CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
@@ -295,6 +295,8 @@ def commit(
 def _sweep_temporaries(root: Path) -> None:
     """Temp files and directories of atomic writes a killed writer left behind."""
     for p in root.glob(".*.tmp*"):
+        if p.name.startswith(LOCK_NAME):  # the lock's own heartbeat rewrite
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

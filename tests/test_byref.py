@@ -10,6 +10,7 @@ message naming the image, the path and the fix, while the other images still rea
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def test_a_byref_store_holds_no_pixels_and_a_catalog_pointing_at_the_sources(pai
         for col in ("grid_transform", "grid_shape", "checksum", "footprint", "band_stats"):
             assert row[col] == a[image_id][col], col
     assert cli_main(["verify", str(ref)]) == 0  # checksums recomputed from the sources
+    for image_id, row in b.items():  # STAC items point at the sources too
+        item = json.loads((ref / "stac" / "items" / f"{image_id}.json").read_text())
+        assert item["properties"]["mosaicflow:byref"] is True
+        assert item["assets"]["source-1"]["href"] == row["source_uris"][0]
 
 
 def test_a_byref_image_reads_the_pixels_a_byvalue_store_holds(pair):
