@@ -79,7 +79,8 @@ class Collection:
         if meta.get("byref"):  # pixels at the source: the chunk warp, one task per chunk
             from engine.byref import lazy_dataset
 
-            return lazy_dataset(self.path, image_id)
+            ds = lazy_dataset(self.path, image_id)
+            return ds.chunk(chunks) if chunks else ds
         ds = xr.open_zarr(
             self.path,
             group=f"images/{image_id}",

@@ -166,5 +166,15 @@ def test_a_deleted_source_is_a_clear_error_for_that_image_only(pair, tmp_path):
             if other != bad:
                 assert np.isfinite(coll.image(other).b1.values).any()
         assert cli_main(["verify", str(moved)]) == 1
+        imageserver.configure(tmp_path)  # exportImage over it: ArcGIS error JSON naming it
+        app = FastAPI()
+        app.include_router(imageserver.router)
+        with serve(app) as http:
+            r = http.get(
+                "/arcgis/rest/services/Hosted/ref/ImageServer/exportImage",
+                params={"f": "json", "bbox": "15.0,46.9,15.06,46.95", "bboxSR": "4326"},
+            )
+        details = " ".join(r.json()["error"]["details"])
+        assert r.json()["error"]["code"] == 500 and bad in details and str(gone) in details
     finally:
         kept.rename(gone)
