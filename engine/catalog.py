@@ -393,6 +393,37 @@ def assign_object_ids(
     return out, next_id
 
 
+def record_to_json(rec: ImageRecord, info: CollectionInfo) -> dict[str, Any]:
+    """One image's catalog row as JSON-able values (kept in its group: resume rebuilds
+    the record of an image finished by a run that died before writing the catalog)."""
+    table = build_table([rec], info)
+    meta = json.loads(table.schema.metadata[b"mosaicflow"])
+    row = {k: _jsonable(v) for k, v in table.to_pylist()[0].items()}
+    return {"row": row, "extra_columns": meta["extra_columns"]}
+
+
+def record_from_json(value: dict[str, Any], info: CollectionInfo) -> ImageRecord:
+    """The inverse of :func:`record_to_json`."""
+    row = {k: _from_jsonable(v) for k, v in value["row"].items()}
+    return _record_from_row(row, value["extra_columns"], info.tile_size)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return {"$datetime": v.isoformat()}
+    if isinstance(v, bytes):
+        return {"$bytes": v.hex()}
+    return v
+
+
+def _from_jsonable(v: Any) -> Any:
+    if isinstance(v, dict) and "$datetime" in v:
+        return datetime.fromisoformat(v["$datetime"])
+    if isinstance(v, dict) and "$bytes" in v:
+        return bytes.fromhex(v["$bytes"])
+    return v
+
+
 def read_records(path: str | Path) -> list[ImageRecord]:
     """The catalog back as :class:`ImageRecord` objects, in ObjectID order.
 

@@ -187,7 +187,7 @@ def run_request(
             request.input_rasters, patterns=source_patterns(request.raster_type.name)
         )
     )
-    from engine.update import commit, gather_images  # engine.update builds on this module
+    from engine.update import commit, complete_images, gather_images  # built on this module
 
     probed, failed = gather_images(refs, request, path)  # probe; stored collections' images
     _report(progress, stage="probed", images=len(probed), failed=len(failed))
@@ -231,7 +231,7 @@ def run_request(
             path, info, request_token=request_fingerprint(request), overwrite=request.overwrite
         )
     with store_lock(path, "add" if on_existing == "add" else "create"):
-        done = _complete_images(path) if existing is not None else {}
+        done = complete_images(path, info) if existing is not None else {}
         todo = [p for p in plan.images if p.source.image_id not in done]
         _report(
             progress,
@@ -363,23 +363,6 @@ def _existing_collection(
             "--overwrite (overwrite=True) to replace it, or choose another output path",
         )
     return store.read_info(path)
-
-
-def _complete_images(path: str) -> dict[str, ImageRecord]:
-    """Records of images a previous run finished (resume skips them)."""
-    cat = Path(path) / "catalog.parquet"
-    previous = {r.image_id: r for r in catalog.read_records(cat)} if cat.exists() else {}
-    done = {}
-    for image_id in store.list_image_ids(path):
-        meta = store.image_meta(path, image_id) or {}
-        rec = previous.get(image_id)
-        if (
-            meta.get("status") == "complete"
-            and rec is not None
-            and rec.checksum == meta.get("checksum")
-        ):
-            done[image_id] = rec
-    return done
 
 
 def _clip(request: CreateRequest) -> tuple[shapely.Geometry | None, Any]:

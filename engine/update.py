@@ -251,6 +251,28 @@ def add_target(path: str, request: CreateRequest) -> CollectionInfo:
     return info
 
 
+def complete_images(path: str, info: CollectionInfo) -> dict[str, ImageRecord]:
+    """Records of the images a previous run finished (a re-run skips them).
+
+    An image counts when its group is committed (status ``complete``, written last with
+    its checksum) and its record — the catalog's row, or the copy kept in the group when
+    the run died before writing the catalog — carries that same checksum.
+    """
+    cat = Path(path) / "catalog.parquet"
+    listed = {r.image_id: r for r in catalog.read_records(cat)} if cat.exists() else {}
+    done = {}
+    for image_id in store.list_image_ids(path):
+        meta = store.image_meta(path, image_id) or {}
+        if meta.get("status") != "complete":
+            continue
+        rec = listed.get(image_id)
+        if rec is None and isinstance(meta.get("record"), dict):
+            rec = catalog.record_from_json(meta["record"], info)
+        if rec is not None and rec.status == "complete" and rec.checksum == meta.get("checksum"):
+            done[image_id] = rec
+    return done
+
+
 def commit(
     path: str,
     info: CollectionInfo,
@@ -272,6 +294,11 @@ def commit(
         The whole catalog as written, in ObjectID order.
     """
     _sweep_temporaries(Path(path))
+    for rec in records:  # each finished image keeps its record: a crash below loses none
+        if rec.status == "complete" and "record" not in (
+            store.image_meta(path, rec.image_id) or {}
+        ):
+            store.mark_image(path, rec.image_id, record=catalog.record_to_json(rec, info))
     cat = Path(path) / "catalog.parquet"
     previous: list[ImageRecord] = catalog.read_records(cat) if cat.exists() else []
     ids, next_id = catalog.read_object_ids(cat) if cat.exists() else ({}, 1)
