@@ -28,7 +28,7 @@ import shapely
 import zarr
 from affine import Affine
 from dask.base import tokenize
-from distributed import Client, as_completed, wait
+from distributed import Client, as_completed
 from pyproj import CRS
 
 from cluster import apply_gdal_env, dashboard_link, dask_client
@@ -524,21 +524,41 @@ def compute_images(
     }
     total_bytes, bytes_done = sum(key_bytes.values()), 0
     futures = client.get(dsk, all_keys + list(tops), sync=False) if all_keys else []
-    futures, top_futures = futures[: len(all_keys)], futures[len(all_keys) :]
     summaries: dict[str, list[dict[str, Any]]] = {p.source.image_id: [] for p in todo}
     errors: dict[str, str] = {}
+    # An image is committed as soon as its chunks and its overviews are done, and its record
+    # kept in its group: a run killed later loses no finished image (engine.update).
     remaining = {image_id: len(keys) for image_id, keys in outputs.items()}
-    done_images, t0 = 0, time.perf_counter()
-    for done_chunks, fut in enumerate(as_completed(futures), start=1):
-        image_id = key_image[fut.key]
-        bytes_done += key_bytes[fut.key]
-        if fut.status == "error":
+    for top in tops.values():
+        remaining[top.image_id] += 1
+    plans = {p.source.image_id: p for p in todo}
+    lat = plan.lattice
+    frame = CollectionInfo("", lat.crs.to_wkt(), lat.cell_size, lat.tile_size, lat.origin)
+    finished: dict[str, ImageRecord] = {}
+
+    def finish(image_id: str) -> None:
+        rec = finish_image(
+            path, plans[image_id], summaries[image_id], errors.get(image_id), lat, request, byref
+        )
+        finished[image_id] = rec = _overview_sizes([rec], tops)[0]
+        if rec.status == "complete":
+            store.mark_image(path, image_id, record=catalog.record_to_json(rec, frame))
+
+    done_chunks, done_images, t0 = 0, 0, time.perf_counter()
+    for fut in as_completed(futures):
+        pyr = tops.get(fut.key)  # an image's top overview task, else a level-0 chunk
+        image_id = pyr.image_id if pyr is not None else key_image[fut.key]
+        if fut.status == "error":  # the first error of an image is kept
             errors.setdefault(image_id, _describe(fut.exception()))
-        else:
+        elif pyr is None:
             summaries[image_id].append(fut.result())
         remaining[image_id] -= 1
         if remaining[image_id] == 0:
             done_images += 1
+            finish(image_id)
+        if pyr is None:
+            done_chunks += 1
+            bytes_done += key_bytes[fut.key]
         _report(
             progress,
             stage="chunks",
@@ -550,20 +570,9 @@ def compute_images(
             bytes=total_bytes,
             elapsed=time.perf_counter() - t0,
         )
-    _wait_overviews(top_futures, tops, errors)  # an image is complete with its overviews
-    records = [
-        finish_image(
-            path,
-            p,
-            summaries[p.source.image_id],
-            errors.get(p.source.image_id),
-            plan.lattice,
-            request,
-            byref,
-        )
-        for p in todo
-    ]
-    return _overview_sizes(records, tops)
+    for image_id in plans.keys() - finished.keys():  # images without chunk tasks
+        finish(image_id)
+    return [finished[p.source.image_id] for p in todo]
 
 
 def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:
@@ -599,17 +608,6 @@ def _add_overviews(path: str, dsk: dict[Any, Any], jobs: list[Any]) -> dict[Any,
         if top is not None:
             tops[top] = pyr
     return tops
-
-
-def _wait_overviews(
-    futures: list[Any], tops: dict[Any, PyramidJob], errors: dict[str, str]
-) -> None:
-    """Wait for the top overview tasks; a failed one fails its image (the first error
-    of an image, often the level-0 chunk's own, is kept)."""
-    wait(futures)
-    for fut in futures:
-        if fut.status == "error":
-            errors.setdefault(tops[fut.key].image_id, _describe(fut.exception()))
 
 
 def _overview_sizes(records: list[ImageRecord], tops: dict[Any, PyramidJob]) -> list[ImageRecord]:

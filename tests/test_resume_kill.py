@@ -3,13 +3,14 @@
 
 Each case runs the real ``mosaicflow create`` in a child process that SIGKILLs itself at
 one point of the run (a wrapper around one engine function, installed before the CLI
-starts: the engine itself is unchanged): while probing, halfway through the chunk tasks,
-after the chunks but before the catalog, and halfway through writing the catalog file
-(publishing). Right after the kill the store must
+starts: the engine itself is unchanged): while probing, once one image is finished and
+chunks of the others are still to come, after the chunks but before the catalog, and
+halfway through writing the catalog file (publishing). Right after the kill the store must
 be consistent — a catalog, if any, is whole and every image it lists as complete verifies;
 every group marked complete holds exactly the pixels its checksum says — and the same
 command then finishes the job: exit 0, the same per-image checksums as a clean run, one
-row per image, ObjectIDs 1..n, no temporary files left, ``mosaicflow verify`` clean.
+row per image, ObjectIDs 1..n, no temporary files left, ``mosaicflow verify`` clean — and
+the images finished before the kill are kept, not computed again.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ elif point == "mid-chunks":
     import engine.ingest as ingest
     report = ingest._report
     def killing_report(progress, **event):
-        if event.get("stage") == "chunks" and event["chunks_done"] * 2 >= event["chunks"]:
-            die()
+        # once an image is finished and chunks of others are still to come
+        if event.get("stage") == "chunks" and event["images_done"] >= 1:
+            if event["chunks_done"] < event["chunks"]:
+                die()
         return report(progress, **event)
     ingest._report = killing_report
 elif point == "before-catalog":
@@ -152,12 +155,16 @@ def test_a_killed_create_resumes_to_the_clean_result(client, clean, tmp_path, po
         assert not status, "killed before any image was planned"
     elif point == "mid-chunks":
         assert "writing" in status.values(), "killed with images half-written"
+        assert "complete" in status.values(), "and some finished"
     else:
         assert set(status.values()) == {"complete"} and len(status) == len(expected)
         assert not (store / "catalog.parquet").exists()
     if point == "mid-catalog-write":
         assert list(store.glob(".catalog.parquet.*.tmp")), "the half-written temp file"
-    chunks = {p: p.stat().st_mtime_ns for p in (store / "images").rglob("c/*/*")}
+    finished = [i for i, v in status.items() if v == "complete"]
+    chunks = {
+        p: p.stat().st_mtime_ns for i in finished for p in (store / "images" / i).rglob("c/*/*")
+    }
 
     # the next run of the same request (the flags make the same request as these values)
     again = create_image_collection(
@@ -166,7 +173,7 @@ def test_a_killed_create_resumes_to_the_clean_result(client, clean, tmp_path, po
     assert again.exit_code == 0, again.failed
     rows = _rows(store)
     assert rows == expected  # the clean run's rows: checksums, ObjectIDs, footprints, ...
-    if point == "mid-catalog-write":  # the finished images were kept, not recomputed
+    if point in ("mid-chunks", "mid-catalog-write"):  # finished images kept, not recomputed
         assert chunks and chunks == {p: p.stat().st_mtime_ns for p in chunks}
     assert not list(store.glob(".*.tmp*")), "temporary files of the killed run are gone"
     assert sorted(p.stem for p in (store / "stac" / "items").glob("*.json")) == sorted(expected)
