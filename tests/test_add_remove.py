@@ -31,6 +31,7 @@ from engine.ingest import run_request
 from engine.items import ItemRegistry
 from engine.lock import LOCK_NAME, store_lock
 from engine.request import parse_request
+from engine.store import image_meta, list_image_ids
 from engine.update import add_images, remove_images
 from tests.conftest import write_raster
 from tests.test_cli import _script
@@ -284,3 +285,28 @@ def test_a_create_request_naming_an_existing_collection_adds_to_it(client, tmp_p
     assert cli_main(argv) == 0
     rows = _catalog(store)
     assert len(rows) == 3 and sorted(r["ObjectID"] for r in rows.values()) == [1, 2, 3]
+
+
+def test_a_rerun_add_skips_complete_images_and_retries_failed_ones(client, tmp_path):
+    store = tmp_path / "retry.zarr"
+    create_image_collection(
+        [_scene(tmp_path, 0)], image_collection=str(store), context=CONTEXT, client=client
+    )
+    good, late = _scene(tmp_path, 1), str(tmp_path / "late" / "s2.tif")
+    first = add_images(store, [good, late], client=client)
+    assert first.exit_code == 3
+    rows = _catalog(store)
+    failed = next(r for r in rows.values() if r["status"] == "failed")
+    assert failed["source_uris"] == [late] and failed["Category"] == 254
+    done = {i: image_meta(store, i)["completed_at"] for i in list_image_ids(store)}
+
+    (tmp_path / "late").mkdir()
+    _scene(tmp_path / "late", 2)  # the missing input arrives
+    again = add_images(store, [good, late], client=client)
+    assert again.exit_code == 0
+    after = _catalog(store)
+    assert after[failed["image_id"]]["status"] == "complete"
+    assert after[failed["image_id"]]["ObjectID"] == failed["ObjectID"]
+    assert len(after) == 3
+    # the images complete before were skipped, not written again
+    assert {i: image_meta(store, i)["completed_at"] for i in done} == done
