@@ -122,6 +122,9 @@ def remove_images(collection: str | os.PathLike[str], image_ids: Iterable[str]) 
                 "is not an image of the collection",
                 f"list the image ids with `mosaicflow info {path} --json`",
             )
+        for image_id in wanted:  # never adopted back by a later commit (see commit)
+            if store.image_meta(path, image_id) is not None:
+                store.mark_image(path, image_id, status="removed")
         commit(path, info, [], replace_all=False, remove=wanted)
     return wanted
 
@@ -285,8 +288,9 @@ def commit(
 
     The caller holds the store lock. ``replace_all`` (a create or its resume): the catalog
     becomes ``records``; else (add, remove) the catalog's other rows are kept, rows of the
-    same image ids replaced and ``remove`` dropped. Groups the new catalog does not list
-    are deleted afterwards, as are temporary files a killed writer left.
+    same image ids replaced and ``remove`` dropped, and images a killed writer committed
+    but never listed are adopted (its finished work is not lost). Groups the new catalog
+    does not list are deleted afterwards, as are temporary files a killed writer left.
 
     Returns
     -------
@@ -305,7 +309,11 @@ def commit(
     mine = {r.image_id for r in records}
     dropped = set(remove)
     kept = [] if replace_all else [r for r in previous if r.image_id not in mine | dropped]
-    merged = kept + sorted(records, key=lambda r: r.image_id)
+    known = {r.image_id for r in previous} | mine | dropped
+    adopted = (
+        [] if replace_all else [r for i, r in complete_images(path, info).items() if i not in known]
+    )
+    merged = kept + sorted([*records, *adopted], key=lambda r: r.image_id)
     object_ids, next_id = catalog.assign_object_ids([r.image_id for r in merged], ids, next_id)
     order = sorted(range(len(merged)), key=object_ids.__getitem__)
     merged = [merged[k] for k in order]

@@ -310,3 +310,35 @@ def test_a_rerun_add_skips_complete_images_and_retries_failed_ones(client, tmp_p
     assert len(after) == 3
     # the images complete before were skipped, not written again
     assert {i: image_meta(store, i)["completed_at"] for i in done} == done
+
+
+def test_a_remove_cut_short_never_brings_the_image_back(client, tmp_path, monkeypatch):
+    """A crash after the catalog stopped listing a removed image but before its group was
+    deleted: the next writer deletes the group and does not list the image again."""
+    store = tmp_path / "cut.zarr"
+    made = create_image_collection(
+        [_scene(tmp_path, 0), _scene(tmp_path, 1)],
+        image_collection=str(store),
+        context=CONTEXT,
+        client=client,
+    )
+    gone = made.records[0].image_id
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies right after publishing the catalog
+
+    with monkeypatch.context() as m:
+        m.setattr("engine.store.remove_image", crash)
+        with pytest.raises(KeyboardInterrupt):
+            remove_images(store, [gone])
+    assert gone not in _catalog(store) and (store / "images" / gone).exists()
+    assert image_meta(store, gone)["status"] == "removed"
+
+    add_images(
+        store, [_scene(tmp_path, 2)], context={"resamplingMethod": "BILINEAR"}, client=client
+    )
+    rows = _catalog(store)
+    assert gone not in rows and len(rows) == 2
+    assert not (store / "images" / gone).exists()
+    assert not (store / LOCK_NAME).exists()
+    assert cli_main(["verify", str(store)]) == 0

@@ -27,6 +27,7 @@ from affine import Affine
 from engine import create_image_collection
 from engine.cli import main as cli_main
 from engine.store import image_meta, list_image_ids
+from engine.update import add_images
 from engine.verify import image_checksum
 from tests.conftest import write_raster
 
@@ -178,4 +179,29 @@ def test_a_killed_create_resumes_to_the_clean_result(client, clean, tmp_path, po
     assert not list(store.glob(".*.tmp*")), "temporary files of the killed run are gone"
     assert sorted(p.stem for p in (store / "stac" / "items").glob("*.json")) == sorted(expected)
     assert (store / "service.json").exists()
+    _assert_consistent(store)
+
+
+def test_a_killed_add_keeps_its_finished_images_for_the_next_writer(client, clean, tmp_path):
+    """An add killed before its catalog: the next add, of other images, lists them too."""
+    scenes, expected = clean
+    store = tmp_path / "a.zarr"
+    first = create_image_collection(
+        scenes[:1], image_collection=str(store), context=CONTEXT, client=client, tile_size=TILE
+    )
+    assert first.exit_code == 0
+    cmd = [sys.executable, "-c", DRIVER, "before-catalog", "add", str(store), *scenes[1:3]]
+    cmd += ["--resampling", "BILINEAR", "--workers", "2"]
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(pq.read_table(store / "catalog.parquet")) == 1  # the killed add listed nothing
+    _assert_consistent(store)
+
+    later = add_images(store, scenes[3:], context={"resamplingMethod": "BILINEAR"}, client=client)
+    assert later.exit_code == 0 and len(later.records) == 1
+    rows = _rows(store)
+    assert sorted(rows) == sorted(expected)
+    assert {i: r["checksum"] for i, r in rows.items()} == {
+        i: r["checksum"] for i, r in expected.items()
+    }
     _assert_consistent(store)
