@@ -141,11 +141,15 @@ def _pad_even(a: np.ndarray, value: Any) -> np.ndarray:
     return out
 
 
-def block_sum(a: np.ndarray) -> np.ndarray:
-    """2 × 2 block sums of ``a`` (odd edges padded with zeros)."""
+def block_sum(a: np.ndarray, dtype: str) -> np.ndarray:
+    """2 × 2 block sums of ``a`` in ``dtype`` (odd edges padded with zeros): four strided
+    adds, several times faster than a reshaped ``sum`` over the block axes."""
     a = _pad_even(a, 0)
-    h, w = a.shape
-    return a.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
+    out = a[0::2, 0::2].astype(dtype)
+    out += a[1::2, 0::2]
+    out += a[0::2, 1::2]
+    out += a[1::2, 1::2]
+    return out
 
 
 def base_state(
@@ -155,7 +159,7 @@ def base_state(
     if method == NEAREST:
         return band, band
     valid = band_valid(band, nodata)
-    return np.where(valid, band, 0).astype("float64"), valid.astype("int64")
+    return np.where(valid, band, 0), valid  # widened by the first reduction
 
 
 def band_valid(band: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -178,7 +182,7 @@ def reduce_state(
     if method == NEAREST:
         corner = _pad_even(b, fill)
         return corner[1::2, 1::2], corner[::2, ::2]
-    return block_sum(a), block_sum(b)
+    return block_sum(a, "float64"), block_sum(b, "int64")
 
 
 def state_values(
