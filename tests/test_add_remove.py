@@ -31,6 +31,7 @@ from engine.ingest import run_request
 from engine.items import ItemRegistry
 from engine.lock import LOCK_NAME, store_lock
 from engine.request import parse_request
+from engine.server.gp import adds_to_existing
 from engine.store import image_meta, list_image_ids
 from engine.update import add_images, remove_images
 from tests.conftest import write_raster
@@ -342,3 +343,21 @@ def test_a_remove_cut_short_never_brings_the_image_back(client, tmp_path, monkey
     assert not (store / "images" / gone).exists()
     assert not (store / LOCK_NAME).exists()
     assert cli_main(["verify", str(store)]) == 0
+
+
+def test_which_gp_requests_add(tmp_path):
+    """GP jobs: {itemId} or {uri} of an existing collection add; a name creates/resumes."""
+    existing = tmp_path / "have.zarr"
+    (existing).mkdir()
+    (existing / "zarr.json").write_text("{}")
+
+    def req(target, overwrite=False):
+        return parse_request(
+            {"inputRasters": {"uris": ["a.tif"]}, "imageCollection": target, "overwrite": overwrite}
+        )
+
+    assert adds_to_existing(req({"itemId": "abc123"})) == "add"
+    assert adds_to_existing(req({"uri": str(existing)})) == "add"
+    assert adds_to_existing(req({"uri": str(tmp_path / "new.zarr")})) == "resume"
+    assert adds_to_existing(req({"serviceProperties": {"name": "have"}})) == "resume"
+    assert adds_to_existing(req({"uri": str(existing)}, overwrite=True)) == "resume"
