@@ -187,7 +187,7 @@ def run_request(
             request.input_rasters, patterns=source_patterns(request.raster_type.name)
         )
     )
-    from engine.update import commit, complete_images, gather_images  # built on this module
+    from engine.update import commit, complete_images, gather_images, remember_defaults
 
     probed, failed = gather_images(refs, request, path)  # probe; stored collections' images
     _report(progress, stage="probed", images=len(probed), failed=len(failed))
@@ -230,6 +230,7 @@ def run_request(
         store.init_store(
             path, info, request_token=request_fingerprint(request), overwrite=request.overwrite
         )
+        remember_defaults(path, request)  # what a later add defaults to
     with store_lock(path, "add" if on_existing == "add" else "create"):
         done = complete_images(path, info) if existing is not None else {}
         todo = [p for p in plan.images if p.source.image_id not in done]

@@ -66,7 +66,8 @@ def add_images(
         Keep the pixels at the source (engine.byref) instead of copying them.
     raster_type, context:
         As for :func:`engine.create_image_collection`; ``outSR`` and ``cellSize``, if
-        given, must be the collection's.
+        given, must be the collection's; ``resamplingMethod`` defaults to the one the
+        collection was created with.
 
     Returns
     -------
@@ -88,7 +89,9 @@ def add_images(
         inputs = {"uris": [os.fspath(i) for i in inputs], "byref": byref}
     elif byref:
         inputs = {**inputs, "byref": True}
-    request = build_request(inputs, raster_type, {"uri": os.fspath(collection)}, context)
+    target = store.store_path(Path(collection).expanduser().resolve())
+    context = _with_defaults(target, context)
+    request = build_request(inputs, raster_type, {"uri": target}, context)
     return run_request(
         request,
         client=client,
@@ -98,6 +101,24 @@ def add_images(
         sources=sources,
         on_existing="add",
     )
+
+
+def remember_defaults(path: str, request: CreateRequest) -> None:
+    """Record the creating request's resampling method in the root attributes: an add
+    that names none uses it, so added images are resampled like the first ones."""
+    method = request.context.to_json_dict()["resamplingMethod"]
+    root = zarr.open_group(path, mode="r+")
+    root.attrs["mosaicflow"] = {**store.read_root_attrs(path), "resampling": method}
+
+
+def _with_defaults(path: str, context: Any) -> Any:
+    """``context`` with the collection's resampling method when it names none."""
+    method = store.read_root_attrs(path).get("resampling") if store.is_store(path) else None
+    if method is None or (isinstance(context, dict) and "resamplingMethod" in context):
+        return context
+    if context is None or isinstance(context, dict):
+        return {**(context or {}), "resamplingMethod": method}
+    return context  # JSON text or a parsed Context: taken as given
 
 
 def remove_images(collection: str | os.PathLike[str], image_ids: Iterable[str]) -> list[str]:
