@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--byref", action="store_true", help="keep pixels at the source")
     a.add_argument("--raster-type", default=None, help="rasterTypeName (default: Raster Dataset)")
     a.add_argument("--raster-type-params", default=None, help="rasterTypeParameters as JSON")
-    a.add_argument("--resampling", default=None, help="NEAREST, BILINEAR, CUBIC, ...")
+    a.add_argument("--resampling", default=None, help="default: the collection's method")
     a.add_argument("--out-sr", default=None, help="must be the collection's CRS if given")
     a.add_argument("--cell-size", default=None, help="must be the collection's cell size if given")
     _cluster_args(a)
