@@ -68,13 +68,16 @@ class WindowReader:
 
     def __init__(self, pool: Executor) -> None:
         self.pool = pool
-        self._layouts: dict[int, _Layout | None] = {}
+        # by id(arr), the array kept with its layout: a freed array's id could otherwise be
+        # reused by another array, which would then be read from the first one's folder
+        self._layouts: dict[int, tuple[zarr.Array, _Layout | None]] = {}
 
     def layout(self, arr: zarr.Array) -> _Layout | None:
         key = id(arr)
-        if key not in self._layouts:
-            self._layouts[key] = _layout(arr)
-        return self._layouts[key]
+        hit = self._layouts.get(key)
+        if hit is None or hit[0] is not arr:
+            hit = self._layouts[key] = (arr, _layout(arr))
+        return hit[1]
 
     def read(self, arrays: Sequence[zarr.Array], r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """``[r0:r1, c0:c1]`` of each array, stacked: (len(arrays), r1 - r0, c1 - c0)."""

@@ -120,9 +120,8 @@ class ImageIndex:
             fill,
             self._overviews(group, fill),
         )
-        with self._lock:
-            self._cache[image_id] = img
-        return img
+        with self._lock:  # two threads may open it at once: all use the first one cached
+            return self._cache.setdefault(image_id, img)
 
     def _overviews(self, group: zarr.Group, fill: float | None) -> tuple[StoredImage, ...]:
         """The image's overview levels (its ``multiscales`` layout), opened like level 0."""
