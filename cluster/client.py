@@ -99,6 +99,23 @@ class GDALEnvPlugin(WorkerPlugin):
 
     def setup(self, worker: object) -> None:
         apply_gdal_env(self.env)
+        # GDAL reads GDAL_CACHEMAX once, at its first raster: on a worker that already read
+        # one (a cluster shared with other work), set the block cache size directly
+        cache = _cache_bytes(os.environ.get("GDAL_CACHEMAX", ""))
+        if cache is not None:
+            from rasterio.env import set_gdal_config
+
+            set_gdal_config("GDAL_CACHEMAX", cache)
+
+
+def _cache_bytes(value: str) -> int | None:
+    """GDAL_CACHEMAX in bytes (GDAL's rule: below 100000 it is megabytes), or None for
+    what GDAL resolves itself (a percentage of RAM, or nothing set)."""
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number * 1024 * 1024 if number < 100_000 else number
 
 
 def local_cluster_size(

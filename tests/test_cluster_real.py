@@ -326,3 +326,31 @@ def test_progress_line_shows_mb_per_s_and_an_eta_from_the_recent_pace():
     show({"stage": "chunks", "chunks_done": 5, "chunks": 10, "images_done": 1, "images": 2,
           "elapsed": 5.0})  # fmt: skip
     assert out.getvalue().splitlines()[-1].endswith("chunks 5/10  1.0 chunks/s  ETA 5 s")
+
+
+def test_plugin_bounds_the_gdal_cache_of_a_worker_that_already_read_rasters(scenes, monkeypatch):
+    from distributed import LocalCluster
+
+    from cluster import GDALEnvPlugin
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)  # the worker process inherits this
+
+    def read_then_cache_size() -> int:
+        import rasterio
+        from rasterio.env import get_gdal_config
+
+        with rasterio.open(scenes[0]) as ds:  # GDAL sizes its block cache here
+            ds.read(1, window=((0, 64), (0, 64)))
+        return int(get_gdal_config("GDAL_CACHEMAX"))
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                     dashboard_address=None, memory_limit=0) as cluster,
+        Client(cluster) as c,
+    ):  # fmt: skip
+        # a worker that has no GDAL settings: GDAL took its default, 5 % of RAM
+        before = c.run(read_then_cache_size, on_error="raise")
+        assert all(v > 64 * 1024 * 1024 for v in before.values())
+        c.register_plugin(GDALEnvPlugin())
+        after = c.run(lambda: __import__("rasterio.env").env.get_gdal_config("GDAL_CACHEMAX"))
+        assert set(after.values()) == {64 * 1024 * 1024}
