@@ -101,9 +101,8 @@ class ImageIndex:
             from engine.byref import ByrefImage  # pixels at the source, warped on read
 
             img: StoredImage = ByrefImage.open(self.path, image_id, self.crs)
-            with self._lock:
-                self._cache[image_id] = img
-            return img
+            with self._lock:  # as below: every thread uses the first one (and its cache)
+                return self._cache.setdefault(image_id, img)
         t: Any = group.attrs.get("spatial:transform")
         arrays = {
             name: arr
