@@ -163,6 +163,7 @@ def chunk_bitmap(chunks: Iterable[tuple[int, int]], grid: Grid, tile: int) -> st
 
 
 def written_chunks(bitmap: str, grid: Grid, tile: int) -> frozenset[tuple[int, int]]:
+    """The (i, j) chunks a :func:`chunk_bitmap` marks as holding data."""
     ny, nx = -(-grid.height // tile), -(-grid.width // tile)
     bits = np.unpackbits(np.frombuffer(base64.b64decode(bitmap), dtype=np.uint8))[: ny * nx]
     return frozenset((int(k) // nx, int(k) % nx) for k in np.nonzero(bits)[0])
