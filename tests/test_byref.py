@@ -178,3 +178,33 @@ def test_a_deleted_source_is_a_clear_error_for_that_image_only(pair, tmp_path):
         assert r.json()["error"]["code"] == 500 and bad in details and str(gone) in details
     finally:
         kept.rename(gone)
+
+
+def test_a_real_multi_resolution_product_byref_reads_like_byvalue(client, shared_data, tmp_path):
+    """A real Sentinel-2 SAFE (10/20/60 m JP2 bands, scale and offset): byref equals byvalue
+    band by band, decoded the same way."""
+    safe = (
+        shared_data
+        / "sentinel2"
+        / "S2A_MSIL1C_20180629T000241_N0206_R030_T56JMM_20180629T012042.SAFE"
+    )
+    stores = {}
+    for byref in (False, True):
+        stores[byref] = tmp_path / f"s2-{byref}.zarr"
+        result = create_image_collection(
+            {"uris": [str(safe)], "byref": byref},
+            raster_type="Sentinel-2",
+            image_collection=str(stores[byref]),
+            client=client,
+            tile_size=256,
+        )
+        assert result.exit_code == 0, result.failed
+    a, b = open_collection(stores[False]), open_collection(stores[True])
+    assert a.image_ids == b.image_ids and len(a.image_ids) == 1
+    va, vb = a.image(a.image_ids[0]), b.image(b.image_ids[0])
+    assert sorted(va.data_vars) == sorted(vb.data_vars) and len(va.data_vars) == 13
+    for band in va.data_vars:
+        assert vb[band].encoding["scale_factor"] == va[band].encoding["scale_factor"]
+        assert vb[band].dtype == va[band].dtype
+        np.testing.assert_array_equal(vb[band].values, va[band].values)
+    assert not list((stores[True] / "images").rglob("c"))
