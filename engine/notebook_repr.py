@@ -185,7 +185,8 @@ def html_summary(coll: Any) -> str:
     ]
     svg = footprint_svg(geoms, titles)
     head = "".join(
-        f'<th style="text-align:left">{h}</th>' for h in ("name", "time", "cloud cover", "status")
+        f'<th style="text-align:left;padding-right:1.5em">{h}</th>'
+        for h in ("name", "time", "cloud cover", "status")
     )
     body = []
     for r in t.slice(0, MAX_ROWS).to_pylist():
@@ -199,7 +200,9 @@ def html_summary(coll: Any) -> str:
         )
         body.append(
             "<tr>"
-            + "".join(f'<td style="text-align:left">{e(str(c))}</td>' for c in cells)
+            + "".join(
+                f'<td style="text-align:left;padding-right:1.5em">{e(str(c))}</td>' for c in cells
+            )
             + "</tr>"
         )
     more = t.num_rows - MAX_ROWS
