@@ -357,3 +357,26 @@ def test_bad_arguments_are_refused_with_the_reason(store, kwargs, parameter):
         coll.mosaic(**kwargs)
     assert err.value.parameter == parameter
     assert str(err.value).startswith(f"{parameter}=")
+
+
+def test_concurrent_blocks_read_each_image_from_its_own_chunks(store):
+    """Dask runs blocks in threads: the image index hands every thread the same opened
+    image, and the chunk reader never takes one array's cached layout for another's (a
+    freed array's id can be reused by a new one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyproj import CRS
+
+    coll = open_collection(store)
+    image_id = coll.image_ids[0]
+    index = engine_mosaic.ImageIndex(str(store), CRS.from_wkt(coll.info.crs_wkt))
+    with ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: index.get(image_id), range(16)))
+    assert all(img is opened[0] for img in opened)
+    one, other = (index.get(i) for i in coll.image_ids[:2])
+    a, b = one.band("b1"), other.band("b1")
+    reader = index.reader
+    assert (a[40:48, 40:48] != b[40:48, 40:48]).any()
+    reader.read([a], 40, 48, 40, 48)
+    reader._layouts[id(b)] = reader._layouts[id(a)]  # as if b had taken a freed array's id
+    np.testing.assert_array_equal(reader.read([b], 40, 48, 40, 48)[0], b[40:48, 40:48])
