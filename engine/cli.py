@@ -167,8 +167,8 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local cluster size: threads, or processes with --processes (default: "
-        "parallelProcessingFactor, else every core)",
+        help="local cluster size: threads (worker processes with `create --processes`); "
+        "default: parallelProcessingFactor, else every core",
     )
 
 
