@@ -218,8 +218,8 @@ def one_blas_thread() -> Iterator[None]:
     numpy's OpenBLAS starts a thread per core and keeps them spinning after each call; in
     a process whose Dask threads already use every core, they only steal CPU (measured on
     3 W8 scenes, 2 threads, two interleaved runs each: 13.2 instead of 15.6-16.9 CPU
-    seconds, 4-14 % faster). Worker
-    processes get the same from Dask's nanny (``OPENBLAS_NUM_THREADS=1``).
+    seconds, 4-14 % faster). Worker processes get the same from Dask's nanny
+    (``OPENBLAS_NUM_THREADS=1``).
     """
     blas = _openblas()
     before = blas[0]() if blas else None
