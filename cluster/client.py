@@ -9,8 +9,8 @@ The local cluster is sized from the machine and ``parallelProcessingFactor`` (se
 this process: the chunk task spends its time in GDAL, the numba kernel, zstd and numpy,
 which all release the GIL, so processes only add interpreter copies, pickling and one GDAL
 block cache each. Measured on the W8 benchmark (8 × 4096² scenes, 2 cores; figures in
-the README and ``python -m benchmarks.cluster_scaling``): two threads are as fast as two
-worker processes (15.6 s against 15.7 s) at half the memory (493 against 974 MiB). ``processes=True``
+the README and ``python -m benchmarks.cluster_scaling``): two threads are faster than two
+worker processes (18.6 s against 23.9 s) at half the memory (548 against 1032 MiB). ``processes=True``
 (``mosaicflow create --processes``) starts one single-threaded worker process per slot
 instead, which isolates GDAL per process as a real cluster does.
 
