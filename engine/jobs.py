@@ -303,9 +303,17 @@ class JobRunner:
             elif stage == "chunks":
                 done, total = int(event.get("chunks_done", 0)), int(event.get("chunks", 0))
                 percent = round(100.0 * done / total, 1) if total else 100.0
-                keys = ("chunks_done", "chunks", "images_done", "images")
+                keys = ("chunks_done", "chunks", "images_done", "images", "bytes_done", "bytes")
                 info = {k: event[k] for k in keys if k in event}
-                info |= {"type": "default", "message": f"{percent:g}%", "percent": percent}
+                message = f"{percent:g}%"
+                elapsed, nbytes = float(event.get("elapsed", 0.0)), int(event.get("bytes_done", 0))
+                if elapsed > 0 and nbytes:  # the same figures as the CLI's progress line
+                    rate = nbytes / elapsed
+                    info["mb_per_s"] = round(rate / 1e6, 2)
+                    left = int(event.get("bytes", 0)) - nbytes
+                    info["eta_s"] = round(left / rate, 1) if left > 0 else 0.0
+                    message += f", {info['mb_per_s']:g} MB/s, ETA {info['eta_s']:g} s"
+                info |= {"type": "default", "message": message, "percent": percent}
                 store.update(job_id, progress=info)
                 if total and done == total:
                     store.add_message(job_id, INFO, "Compute stage done.")

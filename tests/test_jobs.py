@@ -187,3 +187,27 @@ def test_submit_job_for_python_users(tmp_path, client):
     bad = submit_job([str(tmp_path / "none.tif")], None, str(tmp_path / "n.zarr"), root=tmp_path)
     with pytest.raises(MosaicflowError, match="names no existing file"):
         bad.result(timeout=60)
+
+
+def test_progress_carries_rate_and_eta(tmp_path):
+    """The job status shows the CLI's figures: percent, MB/s and ETA from the same events."""
+    at_half = threading.Event()
+    release = threading.Event()
+
+    def halfway(request, client=None, progress=None):
+        progress({"stage": "chunks", "chunks_done": 5, "chunks": 10, "images_done": 1,
+                  "images": 2, "bytes_done": 50_000_000, "bytes": 100_000_000, "elapsed": 10.0})  # fmt: skip
+        at_half.set()
+        release.wait(10)
+        raise RuntimeError("stopped here")
+
+    r = JobRunner(JobStore(tmp_path), run=halfway)
+    job_id = r.submit(build_request(["x.tif"], None, str(tmp_path / "x.zarr")))
+    assert at_half.wait(10)
+    progress = r.status(job_id)["progress"]
+    release.set()
+    _wait(r, job_id)
+    r.shutdown()
+    assert progress["percent"] == 50.0
+    assert progress["mb_per_s"] == 5.0 and progress["eta_s"] == 10.0  # 50 MB in 10 s, 50 left
+    assert progress["message"] == "50%, 5 MB/s, ETA 10 s"
