@@ -7,6 +7,8 @@ or parameter, and how to fix it.
 
 from __future__ import annotations
 
+import re
+
 
 class MosaicflowError(Exception):
     """Base class of every error mosaicflow raises on purpose."""
@@ -63,3 +65,21 @@ class NothingIngested(MosaicflowError):
     def __init__(self, message: str, result: object = None) -> None:
         self.result = result
         super().__init__(message)
+
+
+def remote_read_reason(text: str) -> str | None:
+    """Why an object store or web server refused a read (GDAL's message ``text``), with
+    the fix; None when ``text`` is not such a refusal. Used when probing and by chunk reads."""
+    low = text.lower()
+    code = re.search(r"(?:http (?:response )?code|http error)[: ]+(\d{3})", low)
+    status = int(code.group(1)) if code else None
+    if status == 404 or "does not exist" in low or "nosuchkey" in low or "not found" in low:
+        return f"object not found ({text}); check the uri (bucket, key or url)"
+    if status in (401, 403) or "access denied" in low or "accessdenied" in low:
+        return (
+            f"access denied ({text}); check the credentials (AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, ...)"
+        )
+    if status is not None and status >= 500:
+        return f"the server failed with HTTP {status} after GDAL's retries ({text}); retry later"
+    return None

@@ -34,6 +34,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
+from engine.errors import remote_read_reason
 from engine.grid import Grid, chunk_grid
 from engine.rastertypes.base import SourcePart
 from graphs import fastwarp, kernels
@@ -303,10 +304,8 @@ def _read_failure(part: SourcePart, exc: Exception, attempts: int = 1) -> ChunkR
         e = e.__cause__ or e.__context__
     detail = "; ".join(causes) or type(exc).__name__
     if attempts > 1:
-        return ChunkReadError(
-            f"read error in {part.path} after {attempts} attempts: the object is unreachable,"
-            f" missing or corrupt (GDAL: {detail})"
-        )
+        reason = remote_read_reason(detail) or f"the object is unreachable or corrupt ({detail})"
+        return ChunkReadError(f"read error in {part.path} after {attempts} attempts: {reason}")
     return ChunkReadError(
         f"read error in {part.path}: the file is truncated or corrupt (GDAL: {detail})"
     )

@@ -8,7 +8,6 @@ types, frames without any to the camera types.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.transform import from_gcps
 
-from engine.errors import ImageError
+from engine.errors import ImageError, remote_read_reason
 from engine.grid import Grid, as_crs
 from engine.rastertypes.base import ImageSource, SourcePart, image_id_for
 
@@ -42,29 +41,12 @@ def open_dataset(uri: str, gdal_path: str) -> rasterio.DatasetReader:
     try:
         return rasterio.open(gdal_path)
     except RasterioIOError as exc:
-        remote = _remote_failure(str(exc)) if not local else None
+        remote = remote_read_reason(str(exc)) if not local else None
         if remote is not None:
             raise ImageError(uri, remote) from None
         raise ImageError(
             uri, f"GDAL cannot read it as a raster ({exc}); give a raster file GDAL supports"
         ) from None
-
-
-def _remote_failure(text: str) -> str | None:
-    """A reason for an object store or web server refusing a read, with the fix."""
-    low = text.lower()
-    code = re.search(r"(?:http (?:response )?code|http error)[: ]+(\d{3})", low)
-    status = int(code.group(1)) if code else None
-    if status == 404 or "does not exist" in low or "nosuchkey" in low or "not found" in low:
-        return f"object not found ({text}); check the uri (bucket, key or url)"
-    if status in (401, 403) or "access denied" in low or "accessdenied" in low:
-        return (
-            f"access denied ({text}); check the credentials (AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, ...)"
-        )
-    if status is not None and status >= 500:
-        return f"the server failed with HTTP {status} after GDAL's retries ({text}); retry later"
-    return None
 
 
 def probe(
