@@ -47,8 +47,10 @@ def serve(app: Any) -> Iterator[httpx.Client]:
 
 
 @contextmanager
-def serve_command(args: list[str], base_url: str, verify: Any = True) -> Iterator[httpx.Client]:
-    """Start a server command, wait until ``base_url`` answers, stop it afterwards.
+def serve_command(
+    args: list[str], base_url: str, verify: Any = True, ready_path: str = "/arcgis/rest/info"
+) -> Iterator[httpx.Client]:
+    """Start a server command, wait until ``base_url + ready_path`` answers, stop it after.
 
     The client's ``server_process`` attribute is the command's process (tests kill it).
     """
@@ -58,7 +60,7 @@ def serve_command(args: list[str], base_url: str, verify: Any = True) -> Iterato
             http.server_process = proc  # type: ignore[attr-defined]
             for _ in range(200):
                 try:
-                    http.get("/arcgis/rest/info", params={"f": "json"})
+                    http.get(ready_path, params={"f": "json"})
                     break
                 except httpx.TransportError:
                     if proc.poll() is not None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from affine import Affine
 
 from engine import create_image_collection, open_collection
 from tests.conftest import write_raster
-from tests.loopback import free_port
+from tests.loopback import free_port, serve_command
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (test extra) is needed")
 
@@ -111,19 +109,10 @@ def _http_server(folder: Path) -> Iterator[str]:
     """tests/range_server.py in its own process (GDAL holds the GIL while it reads, so a
     server in a thread of this process could not answer)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.range_server", str(folder), str(port)])
+    args = [sys.executable, "-m", "tests.range_server", str(folder), str(port)]
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/_counts", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+    with serve_command(args, base, ready_path="/_counts"):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _counts(base: str) -> dict[str, int]:
