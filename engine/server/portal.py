@@ -186,22 +186,31 @@ async def content_item(request: Request, item_id: str) -> Response:
     return await respond(request, handler, token=_token(request), title="Item")
 
 
+def _user_content(
+    user: str,
+    params: dict[str, str],
+    items: list[dict[str, Any]],
+    folder: dict[str, Any] | None,
+    folders: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A page of ``content/users/<user>[/<folder>]``: the items of one folder (None: root)."""
+    paged = _page(params, [item_json(i) for i in items])
+    return {
+        "username": user,
+        **{k: paged[k] for k in ("total", "start", "num", "nextStart")},
+        "currentFolder": folder,
+        "items": paged["page"],
+        "folders": folders,
+    }
+
+
 @router.api_route(f"{PORTAL}/content/users/{{user}}", methods=["GET", "POST"])
 async def user_content(request: Request, user: str) -> Response:
     def handler(params: dict[str, str]) -> dict[str, Any]:
         registry = _items(request)
         _check_user(user)
-        paged = _page(params, [item_json(i) for i in registry.list(None)])
-        return {
-            "username": user,
-            "total": paged["total"],
-            "start": paged["start"],
-            "num": paged["num"],
-            "nextStart": paged["nextStart"],
-            "currentFolder": None,
-            "items": paged["page"],
-            "folders": [_folder_json(f) for f in registry.folders()],
-        }
+        folders = [_folder_json(f) for f in registry.folders()]
+        return _user_content(user, params, registry.list(None), None, folders)
 
     return await respond(request, handler, token=_token(request), title="User Content")
 
@@ -215,17 +224,8 @@ async def folder_content(request: Request, user: str, folder_id: str) -> Respons
             folder = registry.folder(folder_id)
         except KeyError:
             raise ArcGISError(400, "Folder does not exist or is inaccessible.", []) from None
-        paged = _page(params, [item_json(i) for i in registry.list(folder["id"])])
-        return {
-            "username": user,
-            "total": paged["total"],
-            "start": paged["start"],
-            "num": paged["num"],
-            "nextStart": paged["nextStart"],
-            "currentFolder": _folder_json(folder),
-            "items": paged["page"],
-            "folders": [],
-        }
+        items = registry.list(folder["id"])
+        return _user_content(user, params, items, _folder_json(folder), [])
 
     return await respond(request, handler, token=_token(request), title="Folder Content")
 
