@@ -76,6 +76,9 @@ class StoredImage:
 
 
 # Chunk decoding for every collection served by this process (see engine.chunkread).
+# Reading and warping whole images for every render of this process (a pool per request
+# would start threads on every exportImage); image tasks never wait on this pool.
+_IMAGE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mosaic-images")
 _CHUNK_POOL = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2), thread_name_prefix="chunks")
 
 
@@ -368,26 +371,26 @@ def render(
         img = index.get(image_id).level_for(dst)  # the overview that fits the request
         return warp_image(img, bands, dst, resampling, index.reader, tolerance)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        # bounded look-ahead: at most 2 × threads warped images wait in memory
-        pending: list[Any] = []
-        it = iter(ids)
-        while True:
-            while len(pending) < 2 * max(1, threads):
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                pending.append(pool.submit(one, nxt))
-            if not pending:
+    # bounded look-ahead on the process-wide image pool: at most 2 × threads warped
+    # images wait in memory
+    pending: list[Any] = []
+    it = iter(ids)
+    while True:
+        while len(pending) < 2 * max(1, threads):
+            nxt = next(it, None)
+            if nxt is None:
                 break
-            piece = pending.pop(0).result()
-            if piece is None:
-                continue
-            _combine(out, filled, count, piece, operation)
-            if operation == "first" and filled.all():
-                for f in pending:
-                    f.cancel()
-                break
+            pending.append(_IMAGE_POOL.submit(one, nxt))
+        if not pending:
+            break
+        piece = pending.pop(0).result()
+        if piece is None:
+            continue
+        _combine(out, filled, count, piece, operation)
+        if operation == "first" and filled.all():
+            for f in pending:
+                f.cancel()
+            break
     if count is not None:
         out[:, filled] /= count[filled]
     return out, filled
