@@ -42,6 +42,9 @@ class RequestError(MosaicflowError, ValueError):
             msg += f". {fix}"
         super().__init__(msg)
 
+    def __reduce__(self) -> tuple[object, ...]:  # pickles whole, e.g. back from a worker
+        return (type(self), (self.parameter, self.value, self.problem, self.fix))
+
 
 class ImageError(MosaicflowError):
     """One image cannot be ingested; the others go on.
@@ -53,6 +56,9 @@ class ImageError(MosaicflowError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:  # pickles whole, e.g. back from a worker
+        return (type(self), (self.source, self.reason))
 
 
 class StoreError(MosaicflowError):

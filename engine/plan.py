@@ -23,7 +23,7 @@ import shapely
 from pyproj import CRS
 
 from engine.errors import ImageError, RequestError
-from engine.grid import Grid, Lattice, as_crs
+from engine.grid import Grid, Lattice, as_crs, same_crs
 from engine.rastertypes.base import ImageSource
 
 DEFAULT_TILE = 512
@@ -69,7 +69,7 @@ def collection_crs(sources: list[ImageSource], out_crs: CRS | None) -> CRS:
 def native_cell_size(src: ImageSource, crs: CRS) -> float:
     """The image's finest pixel size expressed in ``crs`` units (gdalwarp's default choice)."""
     g = src.finest_part.grid
-    if g.crs == crs:
+    if same_crs(g.crs, crs):
         return min(g.resolution)
     left, bottom, right, top = g.bounds
     try:
@@ -119,7 +119,7 @@ def image_footprint(src: ImageSource, crs: CRS) -> shapely.Geometry:
 
 def _outline_in(geom: shapely.Geometry, src_crs: CRS, crs: CRS) -> shapely.Geometry:
     """``geom`` (in ``src_crs``) in ``crs``, its edges densified first so they bend right."""
-    if src_crs == crs:
+    if same_crs(src_crs, crs):
         return geom
     from pyproj import Transformer
 

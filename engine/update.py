@@ -34,8 +34,9 @@ from pyproj import CRS
 
 from engine import catalog, store
 from engine.errors import RequestError
-from engine.ingest import IngestResult, Progress, _failed_record, probe_all, publish, run_request
+from engine.ingest import IngestResult, Progress, publish, run_request
 from engine.lock import LOCK_NAME, store_lock
+from engine.probe import failed_record, probe_all
 from engine.rastertypes.base import ImageSource, SourcePart
 from engine.records import CollectionInfo, ImageRecord
 from engine.request import CreateRequest, build_request
@@ -164,17 +165,18 @@ def item_store(item_id: str, resolver: Any) -> tuple[str, str]:
 
 
 def gather_images(
-    refs: list[Any], request: CreateRequest, target: str
+    refs: list[Any], request: CreateRequest, target: str, client: Any = None
 ) -> tuple[list[ImageSource], list[ImageRecord]]:
-    """The request's images: each source probed by its raster type, and the complete images
-    of every input that is itself a collection (read through engine.byref.warp_stored_part:
-    byvalue copies their pixels, byref points at their stored arrays)."""
+    """The request's images: each source probed by its raster type (large requests on the
+    ``client``'s cluster, see engine.probe), and the complete images of every input that is
+    itself a collection (read through engine.byref.warp_stored_part: byvalue copies their
+    pixels, byref points at their stored arrays)."""
     from engine.byref import BYREF_MODEL, storable
 
     collections = [r for r in refs if store.is_store(r.uri)]
     others = [r for r in refs if r not in collections]
     rtype = request.raster_type
-    probed, failed = probe_all(others, rtype.name, rtype.parameters) if others else ([], [])
+    probed, failed = probe_all(others, rtype.name, rtype.parameters, client) if others else ([], [])
     for ref in collections:
         if os.path.realpath(ref.uri) == os.path.realpath(target):
             raise RequestError(
@@ -186,7 +188,7 @@ def gather_images(
         probed += stored_images(ref.uri)
     if request.input_rasters.byref:  # re-read from attributes alone: no in-memory model
         failed += [
-            _failed_record(s, s.source_uris[0], BYREF_MODEL, s.raster_type)
+            failed_record(s, s.source_uris[0], BYREF_MODEL, s.raster_type)
             for s in probed
             if not storable(s)
         ]

@@ -343,9 +343,10 @@ def warp_chunk(job: ImageJob, i: int, j: int) -> tuple[np.ndarray, np.ndarray, i
     return block, valid, retries
 
 
-def ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
+def ingest_chunk(job: ImageJob, i: int, j: int, *after: Any) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store (unless the image is
-    byref: ``job.write`` False), return its summary."""
+    byref: ``job.write`` False), return its summary. ``after``: the results of tasks that
+    must run first (the image's template task)."""
     block, valid, retries = warp_chunk(job, i, j)
     n_valid = int(valid.sum())
     summary: dict[str, Any] = {

@@ -5,8 +5,13 @@ Strategy (no I/O happens here):
   target grid, store location), stored once in the graph under a tokenized key, so per-chunk
   tasks carry only (job key, i, j): the graph grows linearly with the number of chunks and
   the image metadata is shipped to a worker once, not once per chunk;
+- each image has one template task (graphs/templates.py: its group's metadata, no pixels),
+  written on a worker; every chunk task of the image depends on it;
 - each planned chunk (i, j) of the image is one task ``ingest_chunk(job, i, j)``, which reads
-  the source window it needs, warps, clips, writes its Zarr chunk and returns statistics;
+  the source window it needs, warps, clips, writes its Zarr chunk and returns statistics:
+  a source window is read, warped and dropped inside one task, so a worker never holds
+  more source pixels than its running tasks warp (no read tasks run ahead of the warps,
+  the root-task overproduction that exhausts the memory of odc-stac clusters);
 - chunks the planner found empty get no task at all (their pixels stay the fill value);
 - keys are ``dask.base.tokenize`` of the job, never random, so the same request yields the
   same keys (and the scheduler deduplicates resubmissions);
@@ -24,6 +29,7 @@ from dask.base import tokenize
 
 from graphs.chunk import ImageJob, ingest_chunk
 from graphs.overviews import PyramidJob, level1_chunk, level_chunk, level_chunks
+from graphs.templates import ImageTemplate, write_template
 
 ChunkKey = tuple[str, int, int]
 
@@ -36,28 +42,39 @@ def chunk_key(job: ImageJob, i: int, j: int) -> ChunkKey:
     return (f"mosaicflow-chunk-{tokenize(job)}", i, j)
 
 
+def template_key(job: ImageJob) -> str:
+    return f"mosaicflow-template-{tokenize(job)}"
+
+
 def build_ingest_graph(
-    work: Iterable[tuple[ImageJob, list[tuple[int, int]]]],
+    work: Iterable[tuple[ImageJob, list[tuple[int, int]], ImageTemplate | None]],
 ) -> tuple[dict[Any, Any], dict[str, list[ChunkKey]]]:
-    """The task graph of ``work`` (image jobs with their planned chunks).
+    """The task graph of ``work``: image jobs with their planned chunks and their template
+    (None: the image's group is written already).
 
     Returns the graph and, per image id, the keys of its chunk tasks (the outputs).
 
     Examples
     --------
-    >>> dsk, keys = build_ingest_graph([(job, [(0, 0), (0, 1)])])  # doctest: +SKIP
-    >>> len(dsk)  # one data node + two chunk tasks  # doctest: +SKIP
-    3
+    >>> dsk, keys = build_ingest_graph([(job, [(0, 0), (0, 1)], template)])  # doctest: +SKIP
+    >>> len(dsk)  # job and template data nodes, the template task, two chunk tasks  # doctest: +SKIP
+    5
     """
     dsk: dict[Any, Any] = {}
     outputs: dict[str, list[ChunkKey]] = {}
-    for job, chunks in work:
+    for job, chunks, template in work:
         jk = job_key(job)
         dsk[jk] = job
+        after: tuple[Any, ...] = ()
+        if template is not None and chunks:
+            tk = template_key(job)
+            dsk[f"{tk}-attrs"] = template
+            dsk[tk] = (write_template, jk, f"{tk}-attrs")
+            after = (tk,)
         keys = outputs.setdefault(job.image_id, [])
         for i, j in chunks:
             key = chunk_key(job, i, j)
-            dsk[key] = (ingest_chunk, jk, i, j)
+            dsk[key] = (ingest_chunk, jk, i, j, *after)
             keys.append(key)
     return dsk, outputs
 

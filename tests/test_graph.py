@@ -10,6 +10,7 @@ from engine.plan import plan_collection
 from engine.rastertypes.base import ImageSource, SourcePart
 from graphs.chunk import ImageJob, ingest_chunk
 from graphs.ingest import build_ingest_graph
+from graphs.templates import ImageTemplate, write_template
 
 UTM = CRS.from_epsg(32633)
 
@@ -35,7 +36,7 @@ def job_for(n_images: int, size: int = 1000, tile: int = 128):
             "/out.zarr",
             scales=tuple(p.scales),
         )
-        work.append((job, p.chunks))
+        work.append((job, p.chunks, ImageTemplate({"image_id": job.image_id}, ())))
     return work
 
 
@@ -49,10 +50,11 @@ def test_same_request_same_keys():
 def test_one_task_per_planned_chunk_and_linear_size():
     work = job_for(4)
     dsk, outputs = build_ingest_graph(work)
-    n_chunks = sum(len(c) for _, c in work)
+    n_chunks = sum(len(c) for _, c, _ in work)
     tasks = [v for v in dsk.values() if isinstance(v, tuple) and v and v[0] is ingest_chunk]
     assert len(tasks) == n_chunks
-    assert len(dsk) == n_chunks + len(work)  # plus one data node per image
+    # per image: its job and template data nodes and its template task
+    assert len(dsk) == n_chunks + 3 * len(work)
     assert sum(len(v) for v in outputs.values()) == n_chunks
     # doubling the images doubles the graph (no N^2 terms)
     dsk8, _ = build_ingest_graph(job_for(8))
@@ -66,3 +68,12 @@ def test_chunk_tasks_reference_the_image_node_not_a_copy():
     for v in dsk.values():
         if isinstance(v, tuple):
             assert v[1] == job_keys[0]
+
+
+def test_every_chunk_task_runs_after_its_image_template():
+    dsk, outputs = build_ingest_graph(job_for(2))
+    templates = {k: v for k, v in dsk.items() if isinstance(v, tuple) and v[0] is write_template}
+    assert len(templates) == 2  # one per image
+    for image_id, keys in outputs.items():
+        (tk,) = [k for k, v in templates.items() if dsk[v[1]].image_id == image_id]
+        assert all(dsk[key][-1] == tk for key in keys)

@@ -34,7 +34,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from engine import create_image_collection
 from engine.errors import ImageError
 from engine.grid import Grid
-from engine.ingest import probe_all
+from engine.probe import probe_all
 from engine.plan import resampling_scale
 from engine.rastertypes import REGISTRY, get_raster_type, safe, sentinel2, source_patterns
 from engine.request import InputRasters
