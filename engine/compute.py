@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import shapely
 from affine import Affine
+from dask.base import tokenize
 from distributed import Client, as_completed
 
 from engine import catalog, footprint, store
@@ -37,7 +39,7 @@ from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest
 from graphs.chunk import ChunkReadError, ImageJob, default_tolerance
 from graphs.ingest import add_overview_tasks, build_ingest_graph
-from graphs.overviews import PyramidJob, level_grid, pyramid_job
+from graphs.overviews import level_grid, pyramid_job
 from graphs.templates import ImageTemplate
 
 COARSE = 16  # footprint mask cells per chunk side
@@ -97,17 +99,52 @@ def windows(todo: list[ImagePlan], limit: int) -> Iterator[list[ImagePlan]]:
         yield window
 
 
-class _Window:
-    """One submitted window: its futures and what each key means."""
+@dataclass(frozen=True)
+class ImageFinish:
+    """What an image's finish task needs besides its chunk summaries."""
 
-    def __init__(self, plans: list[ImagePlan], jobs: list[ImageJob]) -> None:
-        pairs = list(zip(jobs, plans, strict=True))
-        self.dsk, outputs = build_ingest_graph([(job, p.chunks, _template(p)) for job, p in pairs])
-        self.tops = _add_overviews(self.dsk, [(job, p.chunks) for job, p in pairs])
-        self.key_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
-        self.remaining = {p.source.image_id: len(p.chunks) for p in plans}
-        for top in self.tops.values():
-            self.remaining[top.image_id] += 1
+    plan: ImagePlan
+    lattice: Lattice
+    frame: CollectionInfo
+    byref: bool
+    levels: int  # overview levels (0: none)
+
+
+def finish_task(
+    path: str, fin: ImageFinish, summaries: list[dict[str, Any]], *after: Any
+) -> ImageRecord:
+    """An image's last task, after its chunks (``summaries``) and its top overview
+    (``after``): fold the summaries into its record and commit its group, on the worker."""
+    rec = finish_image(path, fin.plan, summaries, None, fin.lattice, fin.byref)
+    if rec.status == "complete" and fin.levels and rec.grid is not None:
+        rec.extra["HighPS"] = max(level_grid(rec.grid, fin.levels).resolution)
+    if rec.status == "complete":  # one write of the group's attributes: the commit
+        store.mark_image(path, rec.image_id, **_commit_attrs(rec, fin), status="complete")
+    return rec
+
+
+def _window_graph(
+    path: str, items: list[tuple[ImageJob, ImageFinish]]
+) -> tuple[dict[Any, Any], dict[Any, str], dict[Any, str]]:
+    """The graph of one window: each image's template, chunk and overview tasks, then its
+    finish task. Returns it with the image of each chunk key and of each finish key."""
+    dsk, outputs = build_ingest_graph(
+        [(job, fin.plan.chunks, _template(fin.plan)) for job, fin in items]
+    )
+    chunk_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
+    finish_image_of: dict[Any, str] = {}
+    for job, fin in items:
+        if not fin.plan.chunks:
+            continue
+        after = []
+        if job.write:  # byref images keep no pixels, so no overviews
+            top = add_overview_tasks(dsk, pyramid_job(job), job, fin.plan.chunks)
+            after = [top] if top is not None else []
+        fk = f"mosaicflow-finish-{tokenize(job)}"
+        dsk[f"{fk}-data"] = fin
+        dsk[fk] = (finish_task, path, f"{fk}-data", list(outputs[job.image_id]), *after)
+        finish_image_of[fk] = job.image_id
+    return dsk, chunk_image, finish_image_of
 
 
 def compute_images(
@@ -121,8 +158,8 @@ def compute_images(
     byref: bool = False,
     window_chunks: int | None = None,
 ) -> list[ImageRecord]:
-    """Run every image of ``todo`` (windowed, see the module docstring) and turn the chunk
-    summaries into records, committing each complete image as it finishes.
+    """Run every image of ``todo`` (windowed, see the module docstring); returns a record
+    per image, each complete image committed by its finish task as it finished.
 
     ``report(**event)`` receives ``submitted`` (window, windows, tasks) and ``chunks``
     (images, chunks and bytes done) events.
@@ -138,22 +175,14 @@ def compute_images(
     total_bytes = sum(_chunk_nbytes(p, tile, i, j) for p in todo for i, j in p.chunks)
     frame = CollectionInfo("", lat.crs.to_wkt(), lat.cell_size, tile, lat.origin)
     finished: dict[str, ImageRecord] = {}
-    summaries: dict[str, list[dict[str, Any]]] = {}
-    errors: dict[str, str] = {}
-    levels: dict[str, PyramidJob] = {}  # each image's pyramid, for HighPS
 
-    def finish(image_id: str) -> None:
-        rec = finish_image(
-            path, plans[image_id], summaries.pop(image_id, []), errors.pop(image_id, None), lat,
-            request, byref,
-        )  # fmt: skip
-        finished[image_id] = rec = _overview_sizes(rec, levels.pop(image_id, None))
-        if rec.status == "complete":
-            store.mark_image(path, image_id, record=catalog.record_to_json(rec, frame))
+    def failed(image_id: str, reason: str | None) -> None:
+        finished[image_id] = finish_image(path, plans[image_id], [], reason, lat, byref)
 
     ac = as_completed(with_results=False)
-    meaning: dict[Any, tuple[_Window, str, PyramidJob | None]] = {}
-    in_flight = 0
+    chunk_of: dict[Any, str] = {}  # chunk keys in flight → image
+    finish_of: dict[Any, str] = {}  # finish keys in flight → image
+    in_flight = 0  # chunk tasks submitted and not done
     pending = iter(enumerate(cut))
 
     def submit_next() -> bool:
@@ -162,46 +191,43 @@ def compute_images(
         if nxt is None:
             return False
         k, plans_k = nxt
-        jobs = [image_job(p, path, plan, resampling, warp_tolerance, byref) for p in plans_k]
-        w = _Window(plans_k, jobs)
+        items = []
         for p in plans_k:
-            summaries[p.source.image_id] = []
-        levels.update({pyr.image_id: pyr for pyr in w.tops.values()})
-        keys = list(w.key_image) + list(w.tops)
-        for key, image_id in w.key_image.items():
-            meaning[key] = (w, image_id, None)
-        for key, pyr in w.tops.items():
-            meaning[key] = (w, pyr.image_id, pyr)
-        for image_id in [i for i, n in w.remaining.items() if n == 0]:
-            finish(image_id)  # no chunk holds data: fails with the reason, nothing to run
+            job = image_job(p, path, plan, resampling, warp_tolerance, byref)
+            levels = pyramid_job(job).levels if job.write else 0
+            items.append((job, ImageFinish(p, lat, frame, byref, levels)))
+            if not p.chunks:  # no chunk holds data: fails with the reason, nothing to run
+                failed(p.source.image_id, None)
+        dsk, chunks, finishes = _window_graph(path, items)
+        chunk_of.update(chunks)
+        finish_of.update(finishes)
+        keys = [*chunks, *finishes]
         if keys:
-            ac.update(client.get(w.dsk, keys, sync=False))
-            in_flight += len(keys)
-        report(stage="submitted", window=k + 1, windows=len(cut), tasks=len(w.dsk))
+            ac.update(client.get(dsk, keys, sync=False))
+            in_flight += len(chunks)
+        report(stage="submitted", window=k + 1, windows=len(cut), tasks=len(dsk))
         return True
 
     while in_flight < limit and submit_next():
         pass
-    done_chunks = done_images = bytes_done = 0
+    done_chunks = bytes_done = 0
     t0 = time.perf_counter()
     for fut in ac:
-        w, image_id, pyr = meaning.pop(fut.key)
-        in_flight -= 1
-        if fut.status == "error":  # the first error of an image is kept
-            errors.setdefault(image_id, _describe(fut.exception()))
-        elif pyr is None:
-            summaries[image_id].append(fut.result())
-        fut.release()  # the scheduler forgets finished tasks as the run goes
-        w.remaining[image_id] -= 1
-        if w.remaining[image_id] == 0:
-            done_images += 1
-            finish(image_id)
-        if pyr is None:
+        image_id = finish_of.pop(fut.key, None)
+        if image_id is not None:  # the image's record, or the first error of its tasks
+            if fut.status == "error":
+                failed(image_id, _describe(fut.exception()))
+            else:
+                finished[image_id] = fut.result()
+        else:  # a chunk done: progress only (its summary goes to the finish task)
+            image_id = chunk_of.pop(fut.key)
+            in_flight -= 1
             done_chunks += 1
             bytes_done += _chunk_nbytes(plans[image_id], tile, fut.key[1], fut.key[2])
+        fut.release()  # the scheduler forgets finished tasks as the run goes
         report(
             stage="chunks", chunks_done=done_chunks, chunks=total_chunks,
-            images_done=done_images, images=len(todo), bytes_done=bytes_done,
+            images_done=len(finished), images=len(todo), bytes_done=bytes_done,
             bytes=total_bytes, elapsed=time.perf_counter() - t0,
         )  # fmt: skip
         while in_flight < limit and submit_next():
@@ -229,37 +255,16 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def _add_overviews(dsk: dict[Any, Any], jobs: list[Any]) -> dict[Any, PyramidJob]:
-    """Add each image's overview level tasks (graphs.overviews; their groups are written by
-    the image's template task) to ``dsk``; returns the pyramid of each top task, by key."""
-    tops: dict[Any, PyramidJob] = {}
-    for job, chunks in jobs:
-        if not getattr(job, "write", True):  # pixels kept at the source: no overviews
-            continue
-        pyr = pyramid_job(job)
-        top = add_overview_tasks(dsk, pyr, job, chunks)
-        if top is not None:
-            tops[top] = pyr
-    return tops
-
-
-def _overview_sizes(rec: ImageRecord, pyr: PyramidJob | None) -> ImageRecord:
-    """Record a complete image's coarsest level as ``HighPS`` (catalog: MaxPS follows)."""
-    if rec.status == "complete" and pyr is not None and rec.grid is not None:
-        rec.extra["HighPS"] = max(level_grid(rec.grid, pyr.levels).resolution)
-    return rec
-
-
 def finish_image(
     path: str,
     p: ImagePlan,
     summaries: list[dict[str, Any]],
     error: str | None,
     lattice: Lattice,
-    request: CreateRequest,
     byref: bool = False,
 ) -> ImageRecord:
-    """Fold chunk summaries into the image's record and commit (or drop) its group."""
+    """Fold chunk summaries into the image's record; a failed image's group is removed.
+    The caller commits a complete one (:func:`finish_task`)."""
     src = p.source
     now = datetime.now(UTC)
     valid = sum(s["valid"] for s in summaries)
@@ -289,17 +294,10 @@ def finish_image(
         # the coarse mask overshoots by up to a mask cell: trim it to the coverage
         fp_native = fp_native.intersection(p.coverage.buffer(lattice.cell_size))
     fp_wgs84 = footprint.to_wgs84_footprint(fp_native, lattice.crs)
+    extra = dict(src.extra) | ({"read_retries": retries} if retries else {})
     if byref:  # the chunks a byvalue ingestion would have written: the others read as fill
         held = [(s["i"], s["j"]) for s in summaries if s["valid"]]
-        store.mark_image(path, src.image_id, written=chunk_bitmap(held, p.grid, lattice.tile_size))
-    store.mark_image(
-        path,
-        src.image_id,
-        checksum=checksum,
-        stats=[s.to_dict() for s in stats],
-        status="complete",
-        completed_at=now.isoformat(),
-    )
+        extra["written"] = chunk_bitmap(held, p.grid, lattice.tile_size)
     return ImageRecord(
         image_id=src.image_id,
         name=src.name,
@@ -325,8 +323,21 @@ def finish_image(
         sun_elevation=src.sun_elevation,
         sun_azimuth=src.sun_azimuth,
         ingested_at=now,
-        extra=dict(src.extra) | ({"read_retries": retries} if retries else {}),
+        extra=extra,
     )
+
+
+def _commit_attrs(rec: ImageRecord, fin: ImageFinish) -> dict[str, Any]:
+    """The group attributes that commit a complete image (engine.update reads them back)."""
+    attrs: dict[str, Any] = {
+        "checksum": rec.checksum,
+        "stats": [s.to_dict() for s in rec.stats],
+        "completed_at": rec.ingested_at.isoformat() if rec.ingested_at else None,
+    }
+    if "written" in rec.extra:
+        attrs["written"] = rec.extra.pop("written")
+    attrs["record"] = catalog.record_to_json(rec, fin.frame)
+    return attrs
 
 
 def _assemble_mask(

@@ -30,7 +30,7 @@ from pyproj import CRS, Transformer
 from shapely import affinity
 from shapely.geometry import shape as geojson_shape
 
-from engine.grid import Grid, as_crs
+from engine.grid import Grid, as_crs, transformer
 
 _WGS84 = CRS.from_epsg(4326)
 # Snap reprojected coordinates to this grid (degrees, ~0.1 mm) when re-assembling pieces,
@@ -128,7 +128,7 @@ def to_wgs84_footprint(
     if densify and densify > 0:
         geom = shapely.segmentize(geom, densify)
 
-    to_ll = Transformer.from_crs(src, _WGS84, always_xy=True)
+    to_ll = transformer(src, _WGS84)
     poles = _poles_inside(geom, src)
     pieces = []
     for poly in shapely.get_parts(geom):
@@ -160,7 +160,7 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
 
 def _poles_inside(geom: shapely.Geometry, src: CRS) -> dict[int, bool]:
     """Which poles (+1 north, -1 south) lie inside ``geom``, tested in its own CRS."""
-    from_ll = Transformer.from_crs(_WGS84, src, always_xy=True)
+    from_ll = transformer(_WGS84, src)
     found = {}
     for sign in (1, -1):
         x, y = from_ll.transform(0.0, 90.0 * sign, errcheck=False)

@@ -58,6 +58,17 @@ def _crs_equal(a: str, b: str) -> bool:
     return bool(_crs_from_text(a) == _crs_from_text(b))
 
 
+def transformer(src: CRS, dst: CRS) -> Transformer:
+    """The always-xy transformer from ``src`` to ``dst``, cached: building one costs ~2 ms,
+    planning and footprints need one per image (Transformers are thread-safe, pyproj >= 3.1)."""
+    return _transformer(src.srs, dst.srs)
+
+
+@lru_cache(maxsize=256)
+def _transformer(src: str, dst: str) -> Transformer:
+    return Transformer.from_crs(_crs_from_text(src), _crs_from_text(dst), always_xy=True)
+
+
 @dataclass(frozen=True, eq=False)
 class Grid:
     """An immutable raster grid: ``crs``, ``transform`` (pixel corner → CRS) and ``shape``.
@@ -180,7 +191,7 @@ class Grid:
         if same_crs(target, self.crs):
             return True
         ring = self.outline(points_per_edge)
-        tr = Transformer.from_crs(self.crs, target, always_xy=True)
+        tr = transformer(self.crs, target)
         xs, ys = tr.transform(ring[:, 0], ring[:, 1], errcheck=False)
         return bool(np.isfinite(xs).all() and np.isfinite(ys).all())
 
@@ -195,7 +206,7 @@ class Grid:
         ring = self.outline(points_per_edge)
         if same_crs(target, self.crs):
             return shapely.Polygon(ring)
-        tr = Transformer.from_crs(self.crs, target, always_xy=True)
+        tr = transformer(self.crs, target)
         xs, ys = tr.transform(ring[:, 0], ring[:, 1], errcheck=False)
         ok = np.isfinite(xs) & np.isfinite(ys)
         if ok.all():

@@ -23,7 +23,7 @@ import shapely
 from pyproj import CRS
 
 from engine.errors import ImageError, RequestError
-from engine.grid import Grid, Lattice, as_crs, same_crs
+from engine.grid import Grid, Lattice, as_crs, same_crs, transformer
 from engine.rastertypes.base import ImageSource
 
 DEFAULT_TILE = 512
@@ -121,12 +121,11 @@ def _outline_in(geom: shapely.Geometry, src_crs: CRS, crs: CRS) -> shapely.Geome
     """``geom`` (in ``src_crs``) in ``crs``, its edges densified first so they bend right."""
     if same_crs(src_crs, crs):
         return geom
-    from pyproj import Transformer
 
     left, bottom, right, top = geom.bounds
     step = max(right - left, top - bottom) / _FOOTPRINT_POINTS
     dense = shapely.segmentize(geom, step) if step > 0 else geom
-    tr = Transformer.from_crs(src_crs, crs, always_xy=True)
+    tr = transformer(src_crs, crs)
     moved = shapely.transform(dense, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
     return moved if moved.is_valid else shapely.make_valid(moved)
 
@@ -155,12 +154,11 @@ def resampling_scale(source: Grid, target: Grid) -> tuple[float, float]:
     image (GDAL's XSCALE/YSCALE warp options) makes every chunk resample like the
     whole-image warp.
     """
-    from pyproj import Transformer
 
     r, c = target.height / 2.0, target.width / 2.0
     xs, ys = target.xy(np.array([r, r, r + 1.0]), np.array([c, c + 1.0, c]))
     if target.crs != source.crs:
-        tr = Transformer.from_crs(target.crs, source.crs, always_xy=True)
+        tr = transformer(target.crs, source.crs)
         xs, ys = tr.transform(xs, ys)
     cols, rows = ~source.transform @ (np.asarray(xs), np.asarray(ys))
     step_x = math.hypot(cols[1] - cols[0], rows[1] - rows[0])
