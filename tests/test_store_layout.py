@@ -274,3 +274,85 @@ def test_verify_detects_a_corrupted_chunk(coll, tmp_path, damage):
     assert not report["images"][rec.image_id]["ok"]
     assert report["images"][rec.image_id]["problem"]
     assert cli_main(["verify", str(store)]) == 1
+
+
+def _xarray_template(path: str, grid, variables, dtype, nodata, tile, attrs, band_attrs) -> None:
+    """The image template as xarray's ``to_zarr`` writes the Dataset engine.store describes
+    (the reference engine.store.create_image_template must reproduce node for node)."""
+    from engine import store
+
+    x, y = grid.coords()
+    code = store._crs_code(grid.crs)
+    gdal_crs = {"wkt": grid.crs_wkt}
+    if code and code.startswith("EPSG:"):
+        gdal_crs["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{code[5:]}"
+    data_vars, encoding = {}, {}
+    for k, name in enumerate(variables):
+        lazy = da.empty(grid.shape, chunks=(tile, tile), dtype=dtype)
+        vattrs = {"grid_mapping": "spatial_ref", "_CRS": gdal_crs, **band_attrs[k]}
+        data_vars[name] = xr.Variable(("y", "x"), lazy, vattrs)
+        encoding[name] = {
+            "chunks": (tile, tile),
+            "_FillValue": None if nodata is None else np.array(nodata, dtype=dtype).item(),
+            "fill_value": np.array(0 if nodata is None else nodata, dtype=dtype).item(),
+            "compressors": [zarr.codecs.ZstdCodec(level=1)],
+        }
+    units = store._units(grid.crs)
+    coords = {
+        "x": xr.Variable(
+            "x", x, {"units": units, "standard_name": "projection_x_coordinate", "axis": "X"}
+        ),
+        "y": xr.Variable(
+            "y", y, {"units": units, "standard_name": "projection_y_coordinate", "axis": "Y"}
+        ),
+        "spatial_ref": xr.Variable((), np.int32(0), store._cf_grid_mapping(grid)),
+    }
+    ds = xr.Dataset(
+        data_vars,
+        coords=coords,
+        attrs={**store.grid_attrs(grid), "mosaicflow": {"status": "writing", **attrs}},
+    )
+    ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def _nodes(root: Path) -> dict[str, object]:
+    """Every node's metadata and every chunk file's bytes under ``root``, by relative path."""
+    import json
+
+    out: dict[str, object] = {}
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            rel = str(f.relative_to(root))
+            out[rel] = json.loads(f.read_text()) if f.name == "zarr.json" else f.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata", "band_attrs"),
+    [
+        ("uint16", 0.0, [{}, {"long_name": "near infrared"}]),
+        ("float32", math.nan, [{"scale_factor": 0.5, "add_offset": -3.0}, {}]),
+        ("uint8", None, [{}, {}]),
+        ("int16", -9999.0, [{"long_name": "a"}, {"long_name": "b"}]),
+    ],
+)
+def test_image_template_is_what_xarray_writes(tmp_path, dtype, nodata, band_attrs):
+    from engine import store
+    from engine.grid import Grid
+
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500_000, 0, -10, 4_650_000), (700, 1100))
+    attrs = {"image_id": "i1", "name": "one", "band_names": ["b1", "b2"]}
+    ref = tmp_path / "ref.zarr"
+    _xarray_template(str(ref), grid, ["b1", "b2"], dtype, nodata, 512, attrs, band_attrs)
+    mine = tmp_path / "mine"
+    store.create_image_template(
+        mine, "i1", grid, ["b1", "b2"], dtype, nodata, 512, attrs=attrs, band_attrs=band_attrs
+    )
+    expected, written = _nodes(ref), _nodes(mine / "images" / "i1")
+    assert sorted(written) == sorted(expected)
+    for key in expected:
+        assert written[key] == expected[key], key
+    # and it opens in xarray as that Dataset, fill values decoded as nodata
+    back = xr.open_zarr(mine / "images" / "i1", consolidated=False)
+    assert back["b1"].attrs.get("grid_mapping") == "spatial_ref"
+    assert np.array_equal(back.x.values, grid.coords()[0])
