@@ -209,7 +209,7 @@ def open_array(location: str) -> Any:
 def _open_array(location: str, settings: tuple[tuple[str, str], ...]) -> Any:
     import zarr
 
-    return zarr.open_array(zarr_store(location), mode="r+")
+    return zarr.open_array(zarr_store(location), mode="r+", zarr_format=3)
 
 
 # -- small whole files ------------------------------------------------------------------------

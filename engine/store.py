@@ -269,7 +269,9 @@ def create_overview_templates(
     ``resampling_method`` is set when all bands agree. The groups are written with zarr
     directly (copying level 0's encoded attributes): xarray's writer costs ~10× more.
     """
-    group = zarr.open_group(storage.zarr_store(image_group_path(store, image_id)), mode="r+")
+    group = zarr.open_group(
+        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
+    )
     band_resampling = dict(zip(variables, methods, strict=True))
     uniform = methods[0] if methods and len(set(methods)) == 1 else None
     layout: list[dict[str, Any]] = []
@@ -361,7 +363,9 @@ def _cf_grid_mapping(grid: Grid) -> dict[str, Any]:
 def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] | None:
     """The ``mosaicflow`` attributes of an image group, or None when it does not exist."""
     try:
-        g = zarr.open_group(storage.zarr_store(image_group_path(store, image_id)), mode="r")
+        g = zarr.open_group(
+            storage.zarr_store(image_group_path(store, image_id)), mode="r", zarr_format=3
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
     return _mosaicflow_attrs(g)
@@ -369,7 +373,9 @@ def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] |
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
     """Update an image group's ``mosaicflow`` attributes (status last: it is the commit)."""
-    g = zarr.open_group(storage.zarr_store(image_group_path(store, image_id)), mode="r+")
+    g = zarr.open_group(
+        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
+    )
     current = _mosaicflow_attrs(g)
     current.update(meta)
     g.attrs["mosaicflow"] = current

@@ -115,6 +115,9 @@ def test_create_on_s3_equals_local_and_resumes(s3, inputs, local, client, monkey
             np.testing.assert_array_equal(got[band].values, want[band].values)
         assert got.rio.crs == want.rio.crs and got.rio.transform() == want.rio.transform()
 
+    # the mosaic renderer (exportImage's) reads the bucket's chunks through zarr
+    np.testing.assert_array_equal(coll.mosaic().values, local.mosaic().values)
+
     # the descriptor and the STAC tree are in the bucket, and agree with the catalog
     assert coll.descriptor["bandCount"] == 2
     assert coll.descriptor["mosaicflow"]["store"] == uri
@@ -159,6 +162,27 @@ def test_add_and_remove_on_s3(s3, inputs, local, client):
     assert _keys(s3, f"living.zarr/images/{gone}/") == []  # its group is deleted
     verified = verify_collection(uri)
     assert (verified["checked"], verified["bad"]) == (1, 0)
+
+
+def test_an_endpoint_given_as_aws_endpoint_url_serves_gdal_and_the_store(
+    s3, inputs, local, monkeypatch
+):
+    """Inputs read by GDAL from the bucket and the store written to it, with the endpoint
+    given only in the AWS SDKs' form (workers in this process: they share its variables)."""
+    for name in ("r0", "r2"):
+        s3.client.upload_file(inputs[name], BUCKET, f"inputs/{name}.tif")
+    for var in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    uri = f"s3://{BUCKET}/sdk.zarr"
+    result = create_image_collection(
+        [f"s3://{BUCKET}/inputs/{n}.tif" for n in ("r0", "r2")], image_collection=uri, workers=1
+    )
+    assert result.exit_code == 0, [r.message for r in result.failed]
+    rows, ref = _rows(open_collection(uri)), _rows(local)
+    assert {n: r["checksum"] for n, r in rows.items()} == {
+        n: ref[n]["checksum"] for n in ("r0", "r2")
+    }
 
 
 def test_cli_create_info_verify_on_s3(s3, inputs, tmp_path):
