@@ -160,6 +160,9 @@ def test_add_and_remove_on_s3(s3, inputs, local, client):
     rows = _rows(open_collection(uri))
     assert {n: r["ObjectID"] for n, r in rows.items()} == {"r1": 2}
     assert _keys(s3, f"living.zarr/images/{gone}/") == []  # its group is deleted
+    assert _keys(s3, "living.zarr/stac/items/") == [
+        f"living.zarr/stac/items/{rows['r1']['image_id']}.json"
+    ]  # and its STAC item
     verified = verify_collection(uri)
     assert (verified["checked"], verified["bad"]) == (1, 0)
 
