@@ -35,7 +35,7 @@ import zarr
 from affine import Affine
 from pyproj import CRS
 
-from engine import store
+from engine import storage, store
 from engine.errors import StoreError
 from engine.grid import Grid
 from engine.mosaic import ImageIndex, StoredImage, warp_image
@@ -176,7 +176,9 @@ def create_group(
 
     Written with status ``writing``; :func:`engine.store.mark_image` commits it later.
     """
-    group = zarr.open_group(store.image_group_path(path, image_id), mode="w", zarr_format=3)
+    group = zarr.open_group(
+        storage.zarr_store(store.image_group_path(path, image_id)), mode="w", zarr_format=3
+    )
     group.attrs.update(
         {
             **store.grid_attrs(job.grid),

@@ -3,7 +3,7 @@
 The catalog is the index every reader starts from (the ImageServer ``query`` endpoint, the
 STAC export, ``add``/resume). It is built from :class:`engine.records.ImageRecord` objects
 in one pass (:func:`build_table`), written atomically (:func:`write_catalog`: temp file in
-the same directory, fsync, ``os.replace``) and read back either as an Arrow table
+the same directory, fsync, ``os.replace``; one PUT on an object store) and read back either as an Arrow table
 (:func:`read_catalog`) or as records (:func:`read_records`, the exact inverse used when
 images are added to an existing collection).
 
@@ -46,6 +46,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 
+from engine import storage
 from engine.footprint import to_wgs84_footprint
 from engine.grid import Grid
 from engine.records import BandStats, CollectionInfo, ImageRecord
@@ -366,14 +367,17 @@ def write_catalog(
     atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
-def read_catalog(path: str | Path) -> pa.Table:
-    """The catalog as an Arrow table (schema metadata, ``geo`` included, preserved)."""
-    return pq.read_table(path)
+def read_catalog(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The catalog as an Arrow table (schema metadata, ``geo`` included, preserved);
+    from an object store it is fetched whole (one GET) and parsed from memory."""
+    if storage.is_remote(path):
+        return pq.read_table(pa.BufferReader(storage.read_bytes(path)), columns=columns)
+    return pq.read_table(path, columns=columns)
 
 
 def read_object_ids(path: str | Path) -> tuple[dict[str, int], int]:
     """Each image's ObjectID in the catalog at ``path``, and the next unused ObjectID."""
-    table = pq.read_table(path, columns=["ObjectID", "image_id"])
+    table = read_catalog(path, columns=["ObjectID", "image_id"])
     meta = json.loads((table.schema.metadata or {}).get(b"mosaicflow", b"{}"))
     ids = dict(zip(table["image_id"].to_pylist(), table["ObjectID"].to_pylist(), strict=True))
     return ids, max(int(meta.get("next_object_id", 1)), max(ids.values(), default=0) + 1)

@@ -1,4 +1,7 @@
-"""Reading a collection back: catalog, descriptor and every image as a lazy xarray Dataset."""
+"""Reading a collection back: catalog, descriptor and every image as a lazy xarray Dataset.
+
+The store may be a local path or an object-store URL (engine.storage).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,13 @@ import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import xarray as xr
 from pyproj import CRS
 
-from engine import catalog, store
+from engine import catalog, storage, store
 from engine.errors import StoreError
 from engine.mosaic import ImageIndex
 from engine.records import CollectionInfo
@@ -45,8 +47,8 @@ class Collection:
     @cached_property
     def catalog(self) -> pa.Table:
         """The GeoParquet catalog as a pyarrow table (one row per image, failed ones too)."""
-        path = Path(self.path) / "catalog.parquet"
-        if not path.exists():
+        path = storage.join(self.path, "catalog.parquet")
+        if not storage.exists(path):
             raise StoreError(
                 f"{self.path} has no catalog.parquet: the collection was never finished"
             )
@@ -59,7 +61,7 @@ class Collection:
 
     @cached_property
     def descriptor(self) -> dict[str, Any]:
-        return json.loads((Path(self.path) / "service.json").read_text())
+        return json.loads(storage.read_text(storage.join(self.path, "service.json")))
 
     @property
     def image_ids(self) -> list[str]:
@@ -82,7 +84,7 @@ class Collection:
             ds = lazy_dataset(self.path, image_id)
             return ds.chunk(chunks) if chunks else ds
         ds = xr.open_zarr(
-            self.path,
+            storage.zarr_store(self.path),
             group=f"images/{image_id}",
             consolidated=False,
             decode_coords="all",
@@ -230,7 +232,9 @@ class Collection:
         )
 
     def datatree(self) -> xr.DataTree:
-        return xr.open_datatree(self.path, engine="zarr", decode_coords="all", consolidated=True)
+        return xr.open_datatree(
+            storage.zarr_store(self.path), engine="zarr", decode_coords="all", consolidated=True
+        )
 
 
 def open_collection(path: str | os.PathLike[str]) -> Collection:

@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import shapely
@@ -30,9 +29,9 @@ from distributed import Client
 from pyproj import CRS
 
 from cluster import apply_gdal_env, dashboard_link, dask_client
-from engine import catalog, service, stac, store
+from engine import catalog, service, stac, storage, store
 from engine.compute import compute_images
-from engine.errors import RequestError
+from engine.errors import RequestError, StoreError
 from engine.grid import Lattice
 from engine.lock import store_lock
 from engine.plan import plan_collection
@@ -89,9 +88,10 @@ class IngestResult:
         }
 
 
-def default_raster_store() -> Path:
-    """Where ``serviceProperties.name`` collections go: $MOSAICFLOW_RASTER_STORE or cwd."""
-    return Path(os.environ.get("MOSAICFLOW_RASTER_STORE", ".")).resolve()
+def default_raster_store() -> str:
+    """Where ``serviceProperties.name`` collections go: $MOSAICFLOW_RASTER_STORE (a folder,
+    or an object-store prefix such as ``s3://bucket/collections``) or the cwd."""
+    return storage.normalize(os.environ.get("MOSAICFLOW_RASTER_STORE", "."))
 
 
 def create_image_collection(
@@ -304,14 +304,21 @@ def resolve_store(request: CreateRequest, resolver: Any = None) -> tuple[str, st
         from engine.update import item_store
 
         return item_store(target.item_id, resolver)
+    storage.apply_gdal_s3_env()  # an endpoint given as AWS_ENDPOINT_URL serves GDAL too
     if target.uri:
-        path = (
-            str(Path(target.uri).expanduser().resolve()) if "://" not in target.uri else target.uri
-        )
-        name = target.name or Path(path.rstrip("/")).name.removesuffix(".zarr")
+        try:
+            path = storage.normalize(target.uri)
+        except StoreError as exc:
+            raise RequestError(
+                "imageCollection.uri",
+                target.uri,
+                "is not a place a collection can be written",
+                "give a local path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX",
+            ) from exc
+        name = target.name or path.rsplit("/", 1)[-1].removesuffix(".zarr")
         return path, name
     if target.name:
-        return str(default_raster_store() / f"{target.name}.zarr"), target.name
+        return storage.join(default_raster_store(), f"{target.name}.zarr"), target.name
     if target.url or target.item_id:
         raise RequestError(
             "imageCollection",
@@ -355,10 +362,11 @@ def _existing_collection(
         from engine.update import add_target
 
         return add_target(path, request)
-    if not os.path.exists(path):
+    empty = storage.is_empty(path)  # None: nothing there
+    if empty is None:
         return None
     if request.overwrite:
-        if not store.is_store(path) and os.path.isdir(path) and any(Path(path).iterdir()):
+        if not store.is_store(path) and not empty:
             raise RequestError(
                 "imageCollection",
                 path,
@@ -367,7 +375,7 @@ def _existing_collection(
             )
         return None
     if not store.is_store(path):
-        if os.path.isdir(path) and not any(Path(path).iterdir()):
+        if empty:
             return None
         raise RequestError(
             "imageCollection",
@@ -417,17 +425,18 @@ def publish(
     Writers call it through :func:`engine.update.commit`, which holds the store lock, keeps
     the other images of the collection and every image's ObjectID.
     """
-    root = Path(path)
-    catalog.write_catalog(root / "catalog.parquet", records, info, object_ids, next_object_id)
-    stac.write_stac(
-        root / "stac", records, info, store_href="..", catalog_href="../catalog.parquet"
+    catalog.write_catalog(
+        storage.join(path, "catalog.parquet"), records, info, object_ids, next_object_id
     )
-    service.write_descriptor(root / "service.json", service.build_descriptor(records, info, path))
+    stac_dir = storage.join(path, "stac")
+    stac.write_stac(stac_dir, records, info, store_href="..", catalog_href="../catalog.parquet")
+    descriptor = service.build_descriptor(records, info, path)
+    service.write_descriptor(storage.join(path, "service.json"), descriptor)
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not in the v3 spec yet, and that the
         # catalog files beside the groups are not Zarr nodes: both are known and intended
         warnings.simplefilter("ignore", category=UserWarning)
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(storage.zarr_store(path))
 
 
 def _report(progress: Progress | None, **event: Any) -> None:

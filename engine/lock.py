@@ -9,11 +9,14 @@ its owner ran on this host and that process is gone (a SIGKILLed client). A stal
 taken over by renaming it to a unique name — only one contender's rename can succeed —
 then creating a fresh one.
 
-The primitive is :class:`LockBackend` (create-if-absent, read, refresh, delete-if-mine),
-which an object store can implement the same way: S3 and GCS conditional writes
-(``PUT`` with ``If-None-Match: *`` creates only if absent; ``If-Match: <etag>`` refreshes
-or deletes only the version one holds). :class:`LocalLock` is the local-disk backend; a
-store given as a URL gets no lock backend yet (``store_lock`` refuses it clearly).
+The primitive is :class:`LockBackend` (create-if-absent, read, refresh, take over,
+delete-if-mine). :class:`LocalLock` is the local-disk backend. :class:`ObjectLock` is the
+object-store one, built on conditional PUTs (engine.storage): ``If-None-Match: *`` creates
+the lock only if absent; ``If-Match: <etag>`` rewrites only the version one read, so a
+heartbeat fails once someone took the lock over, and of several contenders taking over one
+stale lock only the first succeeds. Object stores have no conditional delete, so a take-over
+overwrites the stale lock with a *free* marker (conditionally), which the next create
+claims the same way; a release deletes the holder's own lock.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine import storage
 from engine.errors import StoreError
 
 LOCK_NAME = ".mosaicflow.lock"
@@ -108,6 +112,66 @@ class LocalLock:
         current = self.read()
         if current is not None and current.get("token") == token:
             self.path.unlink(missing_ok=True)
+
+
+_FREE = {"free": True}  # an ObjectLock taken over from a stale holder, claimable
+
+
+class ObjectLock:
+    """:class:`LockBackend` on an object store (``s3://``, ``gs://``), by conditional PUTs."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._etag: str | None = None  # of the lock as this holder last wrote it
+        self._seen: dict[str, str] = {}  # holder token -> etag, of locks read
+
+    def _read(self) -> tuple[dict[str, Any] | None, str] | None:
+        got = storage.read_versioned(self.location)
+        if got is None:
+            return None
+        try:
+            value = json.loads(got[0])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            value = None
+        return (value if isinstance(value, dict) else None), got[1]
+
+    def create(self, content: dict[str, Any]) -> bool:
+        data = json.dumps(content).encode()
+        self._etag = storage.put_if_absent(self.location, data)
+        if self._etag is None:
+            current = self._read()
+            if current is not None and current[0] == _FREE:  # released by a take-over
+                self._etag = storage.put_if_match(self.location, data, current[1])
+        return self._etag is not None
+
+    def read(self) -> dict[str, Any] | None:
+        current = self._read()
+        if current is None:
+            return None
+        value, etag = current
+        if value is None or value == _FREE:
+            return None
+        if isinstance(value.get("token"), str):
+            self._seen = {value["token"]: etag}
+        return value
+
+    def refresh(self, token: str, content: dict[str, Any]) -> bool:
+        if self._etag is None:
+            return False
+        self._etag = storage.put_if_match(self.location, json.dumps(content).encode(), self._etag)
+        return self._etag is not None
+
+    def take_over(self, stale: dict[str, Any]) -> bool:
+        etag = self._seen.get(str(stale.get("token")))
+        if etag is None:
+            return False
+        return storage.put_if_match(self.location, json.dumps(_FREE).encode(), etag) is not None
+
+    def delete(self, token: str) -> None:
+        current = self._read()
+        if current is not None and current[0] is not None and current[0].get("token") == token:
+            storage.delete_file(self.location)
+        self._etag = None
 
 
 def _start_time(pid: int) -> str | None:
@@ -208,7 +272,8 @@ class StoreLock:
 
 
 def store_lock(store: str | os.PathLike[str], purpose: str = "", **kwargs: Any) -> StoreLock:
-    """The writer lock of ``store`` (a local path), e.g. ``with store_lock(path, "add"): ...``.
+    """The writer lock of ``store`` (a local path or an object-store URL), e.g.
+    ``with store_lock(path, "add"): ...``.
 
     Examples
     --------
@@ -216,10 +281,7 @@ def store_lock(store: str | os.PathLike[str], purpose: str = "", **kwargs: Any) 
     ...     ...  # read the catalog, add images, publish
     """
     path = str(store).rstrip("/")
-    if "://" in path and not path.startswith("file://"):
-        raise StoreError(
-            f"{path}: adding to or removing from a collection in an object store needs a "
-            "conditional-write lock that is not built yet; run it on a local or mounted path"
-        )
+    if storage.is_remote(path):
+        return StoreLock(ObjectLock(storage.join(path, LOCK_NAME)), purpose, **kwargs)
     path = path.removeprefix("file://")
     return StoreLock(LocalLock(Path(path) / LOCK_NAME), purpose, **kwargs)

@@ -35,6 +35,7 @@ from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
+from engine import storage
 from engine.chunkread import WindowReader
 from engine.grid import Grid
 from engine.store import overview_levels
@@ -86,7 +87,7 @@ class ImageIndex:
     """Opened image groups of one store, cached: opening a group reads its metadata once."""
 
     def __init__(self, store_path: str, crs: CRS) -> None:
-        self.root = zarr.open_group(store_path, mode="r")
+        self.root = zarr.open_group(storage.zarr_store(store_path), mode="r")
         self.path = store_path
         self.crs = crs
         self.reader = WindowReader(_CHUNK_POOL)

@@ -322,7 +322,8 @@ def _time_info(records: list[ImageRecord]) -> dict[str, Any] | None:
 
 
 def write_descriptor(path: str | Path, descriptor: dict[str, Any]) -> None:
-    """Write ``descriptor`` as JSON, atomically (temp file, fsync, rename).
+    """Write ``descriptor`` as JSON, atomically (temp file, fsync, rename; one PUT on an
+    object store).
 
     Raises ``ValueError`` on NaN or infinite numbers, which JSON cannot carry.
     """

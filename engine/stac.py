@@ -21,6 +21,8 @@ Item content:
 Atomicity: the new tree is written to a temp directory beside ``stac_dir`` and swapped in
 with two renames (old tree aside, new tree in, old tree removed); a reader sees the old
 catalog, the new one or (for the instant between the renames) none, never half of one.
+On an object store (no rename) the items are written first and ``collection.json`` last,
+then stale items are deleted: the collection a reader opens always has its items.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pystac.extensions.view import ViewExtension
 from pystac.layout import CustomLayoutStrategy
 from shapely.geometry import mapping
 
+from engine import storage
 from engine.catalog import record_footprint
 from engine.footprint import lon_extent, lon_lat_bbox
 from engine.records import BandStats, CollectionInfo, ImageRecord
@@ -275,18 +278,20 @@ def write_stac(
     --------
     >>> write_stac(store / "stac", records, info, "..", "../catalog.parquet")  # doctest: +SKIP
     """
-    stac_dir = Path(stac_dir)
-    stac_dir.parent.mkdir(parents=True, exist_ok=True)
     coll = build_collection(
         records, info, store_href, catalog_href, description=description, license=license
     )
+    layout = CustomLayoutStrategy(
+        item_func=lambda item, parent_dir: posixpath.join(parent_dir, "items", f"{item.id}.json")
+    )
+    if storage.is_remote(stac_dir):
+        _upload_tree(coll, layout, str(stac_dir))
+        coll.normalize_hrefs(str(stac_dir), strategy=layout)
+        return coll
+    stac_dir = Path(stac_dir)
+    stac_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stac_dir.name}.", suffix=".tmp", dir=stac_dir.parent))
     try:
-        layout = CustomLayoutStrategy(
-            item_func=lambda item, parent_dir: posixpath.join(
-                parent_dir, "items", f"{item.id}.json"
-            )
-        )
         coll.normalize_hrefs(str(tmp), strategy=layout)
         coll.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, dest_href=str(tmp))
         _swap_dir(tmp, stac_dir)
@@ -295,6 +300,26 @@ def write_stac(
         raise
     coll.normalize_hrefs(str(stac_dir), strategy=layout)
     return coll
+
+
+def _upload_tree(coll: pystac.Collection, layout: CustomLayoutStrategy, target: str) -> None:
+    """The object-store form of the swap: an object store has no directory rename, so the
+    tree is saved locally, its items are PUT first, ``collection.json`` last (one PUT:
+    readers start from it, and every item it links is there by then), then the items the
+    new collection no longer links are deleted."""
+    with tempfile.TemporaryDirectory(prefix=".stac.") as tmp:
+        coll.normalize_hrefs(tmp, strategy=layout)
+        coll.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, dest_href=tmp)
+        items = sorted(p.name for p in (Path(tmp) / "items").glob("*.json"))
+        for name in items:
+            storage.write_bytes(
+                storage.join(target, "items", name), (Path(tmp) / "items" / name).read_bytes()
+            )
+        storage.write_bytes(
+            storage.join(target, "collection.json"), (Path(tmp) / "collection.json").read_bytes()
+        )
+    for name in set(storage.children(storage.join(target, "items"))) - set(items):
+        storage.delete_file(storage.join(target, "items", name))
 
 
 def _swap_dir(new: Path, target: Path) -> None:

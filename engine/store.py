@@ -13,15 +13,14 @@ image's metadata and coordinates (no pixels); chunk tasks then fill whole chunks
 per chunk, so no two writers ever touch one chunk. An image is complete only when its group
 attribute ``mosaicflow.status`` says so, which the client sets after every chunk task of
 the image succeeded: a reader never mistakes a half-written image for a finished one.
+
+The store is a local directory or an object-store prefix (``s3://bucket/c.zarr``): every
+access to its location goes through engine.storage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from pyproj import CRS
 from xarray.backends.zarr import FillValueCoder
 from zarr.codecs import ZstdCodec
 
+from engine import storage
 from engine.errors import StoreError
 from engine.grid import Grid
 from engine.records import CollectionInfo
@@ -62,13 +62,17 @@ _MULTISCALES = {
 }
 
 
+atomic_write = storage.atomic_write  # callers write catalog and descriptor through it
+
+
 def store_path(store: str | os.PathLike[str]) -> str:
     """The store location as a string (local path or URL) without a trailing slash."""
     return str(store).rstrip("/")
 
 
 def is_store(store: str | os.PathLike[str]) -> bool:
-    return (Path(store_path(store)) / "zarr.json").is_file()
+    """Whether a collection's root group is at ``store`` (http(s):// never holds one)."""
+    return storage.supported(store) and storage.exists(storage.join(store_path(store), "zarr.json"))
 
 
 def read_info(store: str | os.PathLike[str]) -> CollectionInfo:
@@ -77,7 +81,7 @@ def read_info(store: str | os.PathLike[str]) -> CollectionInfo:
         raise StoreError(
             f"{store} is not a mosaicflow collection (no zarr.json); create it with `mosaicflow create`"
         )
-    attrs = zarr.open_group(store_path(store), mode="r").attrs.asdict()
+    attrs = zarr.open_group(storage.zarr_store(store_path(store)), mode="r").attrs.asdict()
     meta = attrs.get("mosaicflow")
     if not isinstance(meta, dict):
         raise StoreError(
@@ -101,7 +105,7 @@ def _mosaicflow_attrs(group: zarr.Group) -> dict[str, Any]:
 
 
 def read_root_attrs(store: str | os.PathLike[str]) -> dict[str, Any]:
-    return _mosaicflow_attrs(zarr.open_group(store_path(store), mode="r"))
+    return _mosaicflow_attrs(zarr.open_group(storage.zarr_store(store_path(store)), mode="r"))
 
 
 def init_store(
@@ -113,14 +117,14 @@ def init_store(
 ) -> None:
     """Create the root group (or replace it when ``overwrite``) with the collection frame."""
     path = store_path(store)
-    if overwrite and os.path.exists(path):
-        if not is_store(path) and any(Path(path).iterdir()):
+    if overwrite and storage.is_empty(path) is not None:
+        if not is_store(path) and storage.children(path):
             raise StoreError(
                 f"{path} exists and is not a mosaicflow collection; refusing to delete it"
             )
-        shutil.rmtree(path)
+        storage.delete_tree(path)
     crs = CRS.from_wkt(info.crs_wkt)
-    root = zarr.open_group(path, mode="a", zarr_format=3)
+    root = zarr.open_group(storage.zarr_store(path), mode="a", zarr_format=3)
     root.attrs.update(
         {
             "mosaicflow": {
@@ -198,7 +202,7 @@ def create_image_template(
     if code and code.startswith("EPSG:"):
         gdal_crs["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{code[5:]}"
     group = zarr.open_group(
-        image_group_path(store, image_id), mode="w", zarr_format=3,
+        storage.zarr_store(image_group_path(store, image_id)), mode="w", zarr_format=3,
         attributes={**grid_attrs(grid), "mosaicflow": {"status": "writing", **(attrs or {})}},
     )  # fmt: skip
     units = _units(grid.crs)
@@ -257,7 +261,9 @@ def create_overview_templates(
     ``resampling_method`` is set when all bands agree. The groups are written with zarr
     directly (copying level 0's encoded attributes): xarray's writer costs ~10× more.
     """
-    group = zarr.open_group(image_group_path(store, image_id), mode="r+")
+    group = zarr.open_group(
+        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
+    )
     band_resampling = dict(zip(variables, methods, strict=True))
     uniform = methods[0] if methods and len(set(methods)) == 1 else None
     layout: list[dict[str, Any]] = []
@@ -349,7 +355,9 @@ def _cf_grid_mapping(grid: Grid) -> dict[str, Any]:
 def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] | None:
     """The ``mosaicflow`` attributes of an image group, or None when it does not exist."""
     try:
-        g = zarr.open_group(image_group_path(store, image_id), mode="r")
+        g = zarr.open_group(
+            storage.zarr_store(image_group_path(store, image_id)), mode="r", zarr_format=3
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
     return _mosaicflow_attrs(g)
@@ -357,53 +365,23 @@ def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] |
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
     """Update an image group's ``mosaicflow`` attributes (status last: it is the commit)."""
-    g = zarr.open_group(image_group_path(store, image_id), mode="r+")
+    g = zarr.open_group(
+        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
+    )
     current = _mosaicflow_attrs(g)
     current.update(meta)
     g.attrs["mosaicflow"] = current
 
 
 def remove_image(store: str | os.PathLike[str], image_id: str) -> None:
-    shutil.rmtree(image_group_path(store, image_id), ignore_errors=True)
+    storage.delete_tree(image_group_path(store, image_id))
 
 
 def list_image_ids(store: str | os.PathLike[str]) -> list[str]:
-    images = Path(store_path(store)) / "images"
-    if not images.is_dir():
-        return []
-    return sorted(p.name for p in images.iterdir() if (p / "zarr.json").is_file())
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename it over.
-
-    Readers see either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (not possible on every platform: best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Ids of the image groups in the store (a group exists once its zarr.json does)."""
+    images = storage.join(store_path(store), "images")
+    return [
+        i
+        for i in storage.children(images)
+        if i != "zarr.json" and storage.exists(storage.join(images, i, "zarr.json"))
+    ]

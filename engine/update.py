@@ -32,7 +32,7 @@ from typing import Any
 import zarr
 from pyproj import CRS
 
-from engine import catalog, store
+from engine import catalog, storage, store
 from engine.errors import RequestError
 from engine.ingest import IngestResult, Progress, publish, run_request
 from engine.lock import LOCK_NAME, store_lock
@@ -90,7 +90,7 @@ def add_images(
         inputs = {"uris": [os.fspath(i) for i in inputs], "byref": byref}
     elif byref:
         inputs = {**inputs, "byref": True}
-    target = store.store_path(Path(collection).expanduser().resolve())
+    target = storage.normalize(collection)
     context = _with_defaults(target, context)
     request = build_request(inputs, raster_type, {"uri": target}, context)
     return run_request(
@@ -108,7 +108,7 @@ def remember_defaults(path: str, request: CreateRequest) -> None:
     """Record the creating request's resampling method in the root attributes: an add
     that names none uses it, so added images are resampled like the first ones."""
     method = request.context.to_json_dict()["resamplingMethod"]
-    root = zarr.open_group(path, mode="r+")
+    root = zarr.open_group(storage.zarr_store(path), mode="r+")
     root.attrs["mosaicflow"] = {**store.read_root_attrs(path), "resampling": method}
 
 
@@ -134,8 +134,8 @@ def remove_images(collection: str | os.PathLike[str], image_ids: Iterable[str]) 
     info = store.read_info(path)
     wanted = list(dict.fromkeys(image_ids))
     with store_lock(path, "remove"):
-        cat = Path(path) / "catalog.parquet"
-        listed = {r.image_id for r in catalog.read_records(cat)} if cat.exists() else set()
+        cat = storage.join(path, "catalog.parquet")
+        listed = {r.image_id for r in catalog.read_records(cat)} if storage.exists(cat) else set()
         unknown = [i for i in wanted if i not in listed]
         if unknown:
             raise RequestError(
@@ -173,12 +173,12 @@ def gather_images(
     pixels, byref points at their stored arrays)."""
     from engine.byref import BYREF_MODEL, storable
 
-    collections = [r for r in refs if store.is_store(r.uri)]
+    collections = [r for r in refs if _is_collection(r.uri)]
     others = [r for r in refs if r not in collections]
     rtype = request.raster_type
     probed, failed = probe_all(others, rtype.name, rtype.parameters, client) if others else ([], [])
     for ref in collections:
-        if os.path.realpath(ref.uri) == os.path.realpath(target):
+        if storage.same_location(ref.uri, target):
             raise RequestError(
                 "inputRasters",
                 ref.uri,
@@ -196,12 +196,21 @@ def gather_images(
     return probed, failed
 
 
+def _is_collection(uri: str) -> bool:
+    """Whether an input is a collection; an object the store client cannot check (other
+    credentials than GDAL's, say) is taken for a raster, and GDAL reports on it."""
+    try:
+        return store.is_store(uri)
+    except Exception:
+        return False
+
+
 def stored_images(collection: str) -> list[ImageSource]:
     """The complete images of another collection as sources: one part per image, georef
     ``"collection"``, its path the image's group; ids, names and metadata carried over."""
     path = store.store_path(collection)
-    cat = Path(path) / "catalog.parquet"
-    if not cat.exists():
+    cat = storage.join(path, "catalog.parquet")
+    if not storage.exists(cat):
         raise RequestError(
             "inputRasters", path, "is a collection without a catalog", "finish it first"
         )
@@ -284,8 +293,8 @@ def complete_images(path: str, info: CollectionInfo) -> dict[str, ImageRecord]:
     its checksum) and its record — the catalog's row, or the copy kept in the group when
     the run died before writing the catalog — carries that same checksum.
     """
-    cat = Path(path) / "catalog.parquet"
-    listed = {r.image_id: r for r in catalog.read_records(cat)} if cat.exists() else {}
+    cat = storage.join(path, "catalog.parquet")
+    listed = {r.image_id: r for r in catalog.read_records(cat)} if storage.exists(cat) else {}
     done = {}
     for image_id in store.list_image_ids(path):
         meta = store.image_meta(path, image_id) or {}
@@ -320,15 +329,17 @@ def commit(
     list of ImageRecord
         The whole catalog as written, in ObjectID order.
     """
-    _sweep_temporaries(Path(path))
+    if not storage.is_remote(path):  # an object store's single PUTs leave no temporaries
+        _sweep_temporaries(Path(path))
     for rec in records:  # each finished image keeps its record: a crash below loses none
         if rec.status == "complete" and "record" not in (
             store.image_meta(path, rec.image_id) or {}
         ):
             store.mark_image(path, rec.image_id, record=catalog.record_to_json(rec, info))
-    cat = Path(path) / "catalog.parquet"
-    previous: list[ImageRecord] = catalog.read_records(cat) if cat.exists() else []
-    ids, next_id = catalog.read_object_ids(cat) if cat.exists() else ({}, 1)
+    cat = storage.join(path, "catalog.parquet")
+    has_catalog = storage.exists(cat)
+    previous: list[ImageRecord] = catalog.read_records(cat) if has_catalog else []
+    ids, next_id = catalog.read_object_ids(cat) if has_catalog else ({}, 1)
     mine = {r.image_id for r in records}
     dropped = set(remove)
     kept = [] if replace_all else [r for r in previous if r.image_id not in mine | dropped]
@@ -365,4 +376,4 @@ def _sweep_temporaries(root: Path) -> None:
 def _consolidate(path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # see ingest.publish
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(storage.zarr_store(path))

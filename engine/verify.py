@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from engine import store
+from engine import storage, store
 from engine.collection import open_collection
 from graphs import kernels
 
@@ -18,13 +18,16 @@ def image_checksum(path: str, image_id: str, variables: list[str]) -> str:
     """Recompute an image's checksum from its stored chunks (the chunk task's rule: every
     chunk holding data was written, and only those, so the written chunks are digested)."""
     group = store.image_group_path(path, image_id)
-    arrays = [zarr.open_array(f"{group}/{v}", mode="r") for v in variables]
+    arrays = [zarr.open_array(storage.zarr_store(f"{group}/{v}"), mode="r") for v in variables]
     h, w = arrays[0].shape
     ch, cw = arrays[0].chunks
+    written = _remote_chunks(group, variables) if storage.is_remote(group) else None
     digests = []
     for i in range(math.ceil(h / ch)):
         for j in range(math.ceil(w / cw)):
-            if not any(_chunk_written(group, v, i, j) for v in variables):
+            if written is not None and (i, j) not in written:
+                continue
+            if written is None and not any(_chunk_written(group, v, i, j) for v in variables):
                 continue
             sl = (slice(i * ch, min((i + 1) * ch, h)), slice(j * cw, min((j + 1) * cw, w)))
             block = np.stack([a[sl] for a in arrays])
@@ -35,6 +38,17 @@ def image_checksum(path: str, image_id: str, variables: list[str]) -> str:
 def _chunk_written(group: str, variable: str, i: int, j: int) -> bool:
     """Whether chunk (i, j) of a band exists in the store (zarr v3 default key "c/i/j")."""
     return os.path.exists(os.path.join(group, variable, "c", str(i), str(j)))
+
+
+def _remote_chunks(group: str, variables: list[str]) -> set[tuple[int, int]]:
+    """The chunks (i, j) any band holds in an object store: one listing per band instead
+    of a request per chunk."""
+    found = set()
+    for v in variables:
+        for key in storage.list_tree(f"{group}/{v}/c"):
+            i, _, j = key.partition("/")
+            found.add((int(i), int(j)))
+    return found
 
 
 def verify_collection(path: str | os.PathLike[str]) -> dict[str, Any]:

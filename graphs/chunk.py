@@ -103,9 +103,12 @@ def _rio_crs(wkt: str) -> RioCRS:
     return RioCRS.from_wkt(wkt)
 
 
-@lru_cache(maxsize=256)
 def _zarr_array(group_path: str, name: str) -> zarr.Array:
-    return zarr.open_array(f"{group_path}/{name}", mode="r+")
+    # a local path or an object-store URL: workers share no file system with the client and
+    # open the store from the URL the job carries (cached per process by engine.storage)
+    from engine import storage
+
+    return storage.open_array(f"{group_path}/{name}")
 
 
 @lru_cache(maxsize=16)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -234,9 +233,12 @@ def assemble(
 
 
 # -- tasks ----------------------------------------------------------------------------
-@lru_cache(maxsize=256)
 def _array(path: str, name: str) -> zarr.Array:
-    return zarr.open_array(f"{path}/{name}", mode="r+")
+    # a local path or an object-store URL: workers share no file system with the client and
+    # open the store from the URL the job carries (cached per process by engine.storage)
+    from engine import storage
+
+    return storage.open_array(f"{path}/{name}")
 
 
 def _write(pyr: PyramidJob, level: int, i: int, j: int, states: list[Any]) -> None:

@@ -24,8 +24,9 @@ from affine import Affine
 from engine import create_image_collection, open_collection
 from tests.conftest import write_raster
 from tests.loopback import free_port, serve_command
+from tests.s3server import moto_s3
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] (test extra) is needed")
+pytest.importorskip("moto.server", reason="moto[server] (test extra) is needed")
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +65,12 @@ def _by_name(store: Path) -> dict[str, dict]:
 @pytest.fixture
 def s3(rasters, monkeypatch) -> Iterator[str]:
     """A moto S3 server on loopback holding the rasters in bucket 'imagery'."""
-    import boto3
-
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
-        "AWS_HTTPS": "NO",
-        "AWS_VIRTUAL_HOSTING": "FALSE",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    s3c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-    s3c.create_bucket(Bucket="imagery")
-    for i in range(3):
-        s3c.upload_file(str(rasters / f"r{i}.tif"), "imagery", f"scenes/r{i}.tif")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3(["imagery"]) as server:
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        for i in range(3):
+            server.client.upload_file(str(rasters / f"r{i}.tif"), "imagery", f"scenes/r{i}.tif")
+        yield server.endpoint
 
 
 def test_s3_inputs_equal_local_and_a_missing_object_fails_alone(s3, tmp_path, local_reference):
