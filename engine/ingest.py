@@ -108,6 +108,7 @@ def create_image_collection(
     tile_size: int = 512,
     progress: Progress | None = None,
     warp_tolerance: float | None = None,
+    window_chunks: int | None = None,
 ) -> IngestResult:
     """Create (or resume) an image collection: the CreateImageCollection task.
 
@@ -122,6 +123,9 @@ def create_image_collection(
     warp_tolerance:
         GDAL transformer error threshold in source pixels; default exact for nearest-like
         methods and 1e-4 for interpolating ones (see graphs/chunk.py).
+    window_chunks:
+        Chunk tasks per submitted window of images (engine/compute.py); default 64 per
+        worker thread of the cluster.
 
     Examples
     --------
@@ -142,6 +146,7 @@ def create_image_collection(
         tile_size=tile_size,
         progress=progress,
         warp_tolerance=warp_tolerance,
+        window_chunks=window_chunks,
     )
 
 
@@ -158,6 +163,7 @@ def run_request(
     warp_tolerance: float | None = None,
     on_existing: str = "resume",
     resolver: Any = None,
+    window_chunks: int | None = None,
 ) -> IngestResult:
     """Run a validated request. Request errors are raised before anything is written.
 
@@ -174,8 +180,9 @@ def run_request(
             processes=processes,
         )  # fmt: skip
         return _run(
-            request, cluster, tile_size, progress, sources, warp_tolerance, on_existing, resolver
-        )
+            request, cluster, tile_size, progress, sources, warp_tolerance, on_existing, resolver,
+            window_chunks,
+        )  # fmt: skip
 
 
 class _Cluster:
@@ -201,6 +208,7 @@ def _run(
     warp_tolerance: float | None,
     on_existing: str,
     resolver: Any,
+    window_chunks: int | None,
 ) -> IngestResult:
     t0 = time.perf_counter()
     get_raster_type(request.raster_type.name)  # refuse a raster type not built yet, first
@@ -282,7 +290,9 @@ def _run(
             dashboard = dashboard_link(c)
             _report(progress, stage="compute", dashboard=dashboard)
             report = functools.partial(_report, progress)
-            records += compute_images(c, path, plan, todo, request, report, warp_tolerance, byref)
+            records += compute_images(
+                c, path, plan, todo, request, report, warp_tolerance, byref, window_chunks
+            )
         records += failed
         records.sort(key=lambda r: r.image_id)
         commit(path, info, records, replace_all=on_existing != "add")

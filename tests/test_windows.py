@@ -1,0 +1,116 @@
+"""Windowed submission: a large request reaches the scheduler as a run of small graphs of
+whole images, never as one graph, and the scheduler forgets each window as it finishes.
+
+Checked on the real session cluster through a scheduler plugin that sees every graph the
+scheduler receives (not the engine's own account of what it sent).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from affine import Affine
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from engine import create_image_collection
+from engine.compute import windows
+from engine.plan import ImagePlan
+from tests.conftest import write_raster
+
+
+class GraphLog(SchedulerPlugin):
+    """The task count of every graph the scheduler receives, and the most tasks it held."""
+
+    name = "test-graph-log"
+
+    def __init__(self) -> None:
+        self.graphs: list[int] = []
+        self.peak_held = 0
+
+    def update_graph(self, scheduler: Any, *, tasks: list[Any], **kwargs: Any) -> None:
+        self.graphs.append(len(tasks))
+        self.peak_held = max(self.peak_held, len(scheduler.tasks))
+
+
+def _log(dask_scheduler: Any) -> dict[str, Any]:
+    plugin = dask_scheduler.plugins[GraphLog.name]
+    return {"graphs": list(plugin.graphs), "peak_held": plugin.peak_held}
+
+
+def _plan(n_chunks: int) -> ImagePlan:
+    return ImagePlan(None, None, [(0, k) for k in range(n_chunks)], None, "uint8", 0, [], None)  # type: ignore[arg-type]
+
+
+def test_windows_hold_whole_images_up_to_the_limit():
+    plans = [_plan(n) for n in (3, 4, 2, 9, 1, 1)]
+    cut = list(windows(plans, 6))
+    assert [p for w in cut for p in w] == plans  # every image once, in order
+    assert [[len(p.chunks) for p in w] for w in cut] == [[3], [4, 2], [9], [1, 1]]
+    # a window exceeds the limit only when one image alone does
+    assert all(sum(len(p.chunks) for p in w) <= 6 or len(w) == 1 for w in cut)
+
+
+@pytest.fixture(scope="module")
+def rasters(tmp_path_factory) -> list[str]:
+    d = tmp_path_factory.mktemp("windows")
+    return [
+        str(
+            write_raster(
+                d / f"w{k:02d}.tif",
+                crs="EPSG:32633",
+                transform=Affine(
+                    10, 0, 500_000 + (k % 4) * 3000, 0, -10, 4_650_000 - k // 4 * 3000
+                ),
+                shape=(300, 700),  # two chunks of 512 across at 10 m
+                dtype="uint16",
+                nodata=0,
+                seed=k,
+            )
+        )
+        for k in range(12)
+    ]
+
+
+def test_a_request_is_submitted_in_windows_and_equals_one_graph(rasters, tmp_path, client):
+    whole = create_image_collection(
+        rasters, image_collection=str(tmp_path / "whole.zarr"), client=client
+    )
+    assert whole.exit_code == 0
+    client.register_plugin(GraphLog())
+    try:
+        events: list[dict[str, Any]] = []
+        windowed = create_image_collection(
+            rasters,
+            image_collection=str(tmp_path / "windowed.zarr"),
+            client=client,
+            window_chunks=4,
+            progress=events.append,
+        )
+        log = client.run_on_scheduler(_log)
+    finally:
+        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins.pop(GraphLog.name))
+    assert windowed.exit_code == 0 and len(windowed.complete) == 12
+    chunks = sum(e["chunks"] for e in events if e.get("stage") == "planned")
+    assert chunks >= 24  # at least two chunk tasks per image
+    # the scheduler got many small graphs of at most two images (4 chunk tasks) each; an
+    # image is about 10 nodes (job, template, 2 chunks, overview level, finish, data nodes),
+    # so the whole request would be ~120
+    assert len(log["graphs"]) >= 6
+    assert max(log["graphs"]) <= 20
+    assert log["peak_held"] < sum(log["graphs"])  # finished windows were forgotten
+    # and the collection is the same as one submitted whole
+    a = pq.read_table(tmp_path / "whole.zarr" / "catalog.parquet").to_pydict()
+    b = pq.read_table(tmp_path / "windowed.zarr" / "catalog.parquet").to_pydict()
+    assert dict(zip(a["Name"], a["checksum"], strict=True)) == dict(
+        zip(b["Name"], b["checksum"], strict=True)
+    )
+    # nothing of the run is left on the scheduler once it returned
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
