@@ -233,7 +233,7 @@ class Collection:
 
     def datatree(self) -> xr.DataTree:
         return xr.open_datatree(
-            storage.zarr_store(self.path), engine="zarr", decode_coords="all", consolidated=True
+            storage.zarr_store(self.path), engine="zarr", decode_coords="all", consolidated=False
         )
 
 

@@ -156,6 +156,16 @@ def _proj_attrs(crs: CRS) -> dict[str, Any]:
     return {"proj:code": code} if code else {"proj:wkt2": crs.to_wkt()}
 
 
+def drop_consolidated(store: str | os.PathLike[str]) -> None:
+    """Rewrite the root group's metadata without consolidated metadata, when a store
+    written by an earlier version has it (see engine.ingest.publish)."""
+    path = store_path(store)
+    if b'"consolidated_metadata"' not in storage.read_bytes(storage.join(path, "zarr.json")):
+        return
+    root = zarr.open_group(storage.zarr_store(path), mode="r+", use_consolidated=False)
+    root.update_attributes({})  # writes the root's own metadata, nothing consolidated
+
+
 def image_group_path(store: str | os.PathLike[str], image_id: str) -> str:
     return f"{store_path(store)}/images/{image_id}"
 

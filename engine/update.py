@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import shutil
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -356,8 +355,6 @@ def commit(
     orphans = [i for i in store.list_image_ids(path) if i not in listed]
     for image_id in orphans:  # unlisted first (above), deleted second
         store.remove_image(path, image_id)
-    if orphans:
-        _consolidate(path)
     return merged
 
 
@@ -371,9 +368,3 @@ def _sweep_temporaries(root: Path) -> None:
         else:
             with contextlib.suppress(OSError):
                 p.unlink()
-
-
-def _consolidate(path: str) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # see ingest.publish
-        zarr.consolidate_metadata(storage.zarr_store(path))

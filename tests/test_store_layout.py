@@ -9,6 +9,7 @@ STAC must load, and ``mosaicflow verify`` must catch a damaged chunk.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -129,6 +130,24 @@ def test_root_group_describes_the_collection(coll):
     assert CRS.from_wkt(meta["crs"]).to_epsg() == 3857
     assert (meta["cell_size"], meta["tile_size"]) == (CELL, TILE)
     assert list(meta["lattice_origin"]) == [0.0, 0.0]
+
+
+def test_root_metadata_does_not_grow_with_the_images(coll, tmp_path):
+    """The catalog is the index: the root zarr.json holds the frame, not every image's
+    nodes (consolidated, it was ~20 kB per image, parsed at every open of the root)."""
+    root = json.loads((Path(coll.store) / "zarr.json").read_text())
+    assert "consolidated_metadata" not in root
+    assert (Path(coll.store) / "zarr.json").stat().st_size < 8_000
+    # a store consolidated by an earlier version loses it at its next commit, and reads
+    old = tmp_path / "old.zarr"
+    shutil.copytree(coll.store, old)
+    zarr.consolidate_metadata(str(old))
+    assert "consolidated_metadata" in json.loads((old / "zarr.json").read_text())
+    complete = sorted(i for i, r in _rows(str(old)).items() if r["status"] == "complete")
+    assert cli_main(["remove", str(old), complete[0]]) == 0
+    assert "consolidated_metadata" not in json.loads((old / "zarr.json").read_text())
+    tree = open_collection(old).datatree()
+    assert len(tree["images"].children) == 1
 
 
 def test_images_open_with_rioxarray_georeferenced(coll):
