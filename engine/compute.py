@@ -17,6 +17,7 @@ Strategy:
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,12 +125,12 @@ def finish_task(
 
 
 def _window_graph(
-    path: str, items: list[tuple[ImageJob, ImageFinish]]
+    path: str, items: list[tuple[ImageJob, ImageFinish]], run: str
 ) -> tuple[dict[Any, Any], dict[Any, str], dict[Any, str]]:
     """The graph of one window: each image's template, chunk and overview tasks, then its
     finish task. Returns it with the image of each chunk key and of each finish key."""
     dsk, outputs = build_ingest_graph(
-        [(job, fin.plan.chunks, _template(fin.plan)) for job, fin in items]
+        [(job, fin.plan.chunks, _template(fin.plan, run)) for job, fin in items]
     )
     chunk_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
     finish_image_of: dict[Any, str] = {}
@@ -175,6 +176,7 @@ def compute_images(
     total_bytes = sum(_chunk_nbytes(p, tile, i, j) for p in todo for i, j in p.chunks)
     frame = CollectionInfo("", lat.crs.to_wkt(), lat.cell_size, tile, lat.origin)
     finished: dict[str, ImageRecord] = {}
+    run = uuid.uuid4().hex  # marks the templates this run wrote (graphs/templates.py)
 
     def failed(image_id: str, reason: str | None) -> None:
         finished[image_id] = finish_image(path, plans[image_id], [], reason, lat, byref)
@@ -198,7 +200,7 @@ def compute_images(
             items.append((job, ImageFinish(p, lat, frame, byref, levels)))
             if not p.chunks:  # no chunk holds data: fails with the reason, nothing to run
                 failed(p.source.image_id, None)
-        dsk, chunks, finishes = _window_graph(path, items)
+        dsk, chunks, finishes = _window_graph(path, items, run)
         chunk_of.update(chunks)
         finish_of.update(finishes)
         keys = [*chunks, *finishes]
@@ -235,8 +237,8 @@ def compute_images(
     return [finished[p.source.image_id] for p in todo]
 
 
-def _template(p: ImagePlan) -> ImageTemplate:
-    return ImageTemplate(_image_attrs(p), tuple(_band_attrs(p.source)))
+def _template(p: ImagePlan, run: str) -> ImageTemplate:
+    return ImageTemplate({**_image_attrs(p), "run": run}, tuple(_band_attrs(p.source)))
 
 
 def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:

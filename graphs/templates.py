@@ -25,8 +25,18 @@ class ImageTemplate:
 
 
 def write_template(job: ImageJob, template: ImageTemplate) -> None:
-    """Write ``job``'s image group (status ``writing``; the client commits it later)."""
+    """Write ``job``'s image group (status ``writing``; its finish task commits it).
+
+    A group left by an earlier run is replaced whole (its stale chunks go with it). A group
+    this run wrote already is kept: Dask re-runs a template task whose worker died while
+    the image's other tasks still needed its result, and rewriting the group then would
+    delete the chunks other workers had written (the run's id is in ``template.attrs``).
+    """
     from engine.byref import create_group  # byref imports the chunk tasks
+
+    meta = store.image_meta(job.store, job.image_id)
+    if meta is not None and meta.get("run") == template.attrs["run"]:
+        return
 
     if not job.write:  # byref: the recipe to re-read the pixels, no arrays
         create_group(job.store, job.image_id, job, template.attrs, list(template.band_attrs))
