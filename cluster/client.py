@@ -102,6 +102,9 @@ class GDALEnvPlugin(WorkerPlugin):
 
     def setup(self, worker: object) -> None:
         apply_gdal_env(self.env)
+        from engine.storage import apply_gdal_s3_env
+
+        apply_gdal_s3_env()  # an S3 endpoint given as AWS_ENDPOINT_URL serves GDAL too
         # GDAL reads GDAL_CACHEMAX once, at its first raster: on a worker that already read
         # one (a cluster shared with other work), set the block cache size directly
         cache = _cache_bytes(os.environ.get("GDAL_CACHEMAX", ""))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from engine import storage
 from engine.errors import RequestError
 
 __all__ = ["IMAGE", "IMAGE_SERVICE", "OWNER", "ItemRegistry"]
@@ -210,7 +211,7 @@ class ItemRegistry:
         A second call with the same ``service_url`` returns the existing item, its title
         and store path brought up to date.
         """
-        path = str(Path(store_path).resolve())
+        path = storage.normalize(store_path)  # a local path made absolute, or a URL
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT item_id FROM items WHERE url = ? AND type = ?", (service_url, IMAGE_SERVICE)
