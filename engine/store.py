@@ -8,11 +8,12 @@ Layout (SPEC §3)::
     STORE/stac/                STAC collection/items  (engine/stac.py)
     STORE/service.json         ImageServer descriptor (engine/service.py)
 
-Writes follow "template first, then chunk-aligned region writes": the client writes each
-image's metadata and coordinates (no pixels); chunk tasks then fill whole chunks, one task
-per chunk, so no two writers ever touch one chunk. An image is complete only when its group
-attribute ``mosaicflow.status`` says so, which the client sets after every chunk task of
-the image succeeded: a reader never mistakes a half-written image for a finished one.
+Writes follow "template first, then chunk-aligned region writes": an image's template task
+writes its metadata and coordinates (no pixels); chunk tasks then fill whole chunks, one
+task per chunk, so no two writers ever touch one chunk. An image is complete only when its
+group attribute ``mosaicflow.status`` says so, which its finish task sets after every chunk
+and overview task of the image succeeded: a reader never mistakes a half-written image for
+a finished one. The metadata is not consolidated: the catalog is the index.
 
 The store is a local directory or an object-store prefix (``s3://bucket/c.zarr``): every
 access to its location goes through engine.storage.
