@@ -194,8 +194,10 @@ def create_image_template(
     tile: int,
     attrs: dict[str, Any] | None = None,
     band_attrs: list[dict[str, Any]] | None = None,
+    group_attrs: dict[str, Any] | None = None,
 ) -> None:
     """Write one image's metadata and coordinates, and no pixels (chunk tasks fill them).
+    ``group_attrs``: more group attributes (its ``multiscales``, :func:`multiscales_attrs`).
 
     The group is an xarray Dataset: one variable per band on (y, x) with ``_FillValue`` =
     nodata and ``grid_mapping`` → a CF ``spatial_ref`` variable (crs_wkt, GeoTransform),
@@ -214,7 +216,10 @@ def create_image_template(
         gdal_crs["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{code[5:]}"
     group = zarr.open_group(
         storage.zarr_store(image_group_path(store, image_id)), mode="w", zarr_format=3,
-        attributes={**grid_attrs(grid), "mosaicflow": {"status": "writing", **(attrs or {})}},
+        attributes={
+            **grid_attrs(grid), **(group_attrs or {}),
+            "mosaicflow": {"status": "writing", **(attrs or {})},
+        },
     )  # fmt: skip
     units = _units(grid.crs)
     nan = FillValueCoder.encode(np.nan, np.dtype("float64"))
@@ -224,11 +229,10 @@ def create_image_template(
             "standard_name": f"projection_{dim}_coordinate",
             "axis": dim.upper(),
         }
-        arr = group.create_array(
-            dim, shape=values.shape, dtype="float64", chunks=values.shape, fill_value=np.nan,
+        group.create_array(
+            dim, data=values.astype("float64"), chunks=values.shape, fill_value=np.nan,
             dimension_names=[dim], attributes={**axis, "_FillValue": nan},
         )  # fmt: skip
-        arr[:] = values
     group.create_array(
         "spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=_cf_grid_mapping(grid)
     )
@@ -249,32 +253,17 @@ def create_image_template(
         )  # fmt: skip
 
 
-def create_overview_templates(
-    store: str | os.PathLike[str],
-    image_id: str,
-    grids: list[Grid],
-    variables: list[str],
-    dtype: str,
-    nodata: float | None,
-    tile: int,
-    methods: list[str],
-) -> None:
-    """Write the templates of an image's overview levels (``grids[k]`` is level k; level 0,
-    the image's own template, is written already) and its ``multiscales`` attribute.
+def multiscales_attrs(
+    grids: list[Grid], variables: list[str], methods: list[str]
+) -> dict[str, Any]:
+    """An image group's ``multiscales`` attribute (and its convention) for its levels
+    ``grids`` (``grids[0]`` is the image itself).
 
     Level 0 stays the group's own arrays (``asset: "."``); level k is the child group
-    ``overviews/<k>``, derived from level 0 with ``scale`` 2**k: an xarray Dataset like
-    level 0 (bands, pixel-centre coordinates, CF ``spatial_ref``, zarr-conventions
-    attributes; the same chunks, codecs, ``_FillValue`` and ``_CRS``) on dimensions
-    ``y_<k>``/``x_<k>``, since an xarray DataTree child may not reuse its parent's
-    dimension names with other sizes. Each band's overview resampling is recorded per
-    level (``mosaicflow:resampling``) and on its arrays (``resampling_method``); a level's
-    ``resampling_method`` is set when all bands agree. The groups are written with zarr
-    directly (copying level 0's encoded attributes): xarray's writer costs ~10× more.
+    ``overviews/<k>``, derived from level 0 with ``scale`` 2**k. Each band's overview
+    resampling is recorded per level (``mosaicflow:resampling``); a level's
+    ``resampling_method`` is set when all bands agree.
     """
-    group = zarr.open_group(
-        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
-    )
     band_resampling = dict(zip(variables, methods, strict=True))
     uniform = methods[0] if methods and len(set(methods)) == 1 else None
     layout: list[dict[str, Any]] = []
@@ -289,15 +278,38 @@ def create_overview_templates(
         entry["spatial:transform"] = list(grid.transform)[:6]
         entry["spatial:shape"] = list(grid.shape)
         layout.append(entry)
-        if k:
-            _level_template(group, k, grid, variables, dtype, nodata, tile, methods)
     multiscales: dict[str, Any] = {"layout": layout}
     if uniform:
         multiscales["resampling_method"] = uniform
-    conventions: list[Any] = list(group.attrs.get("zarr_conventions") or [])  # type: ignore[arg-type]
-    if not any(isinstance(c, dict) and c.get("uuid") == _MULTISCALES["uuid"] for c in conventions):
-        conventions.append(_MULTISCALES)
-    group.attrs.update({"zarr_conventions": conventions, "multiscales": multiscales})
+    return {"zarr_conventions": [*_CONVENTIONS, _MULTISCALES], "multiscales": multiscales}
+
+
+def create_overview_templates(
+    store: str | os.PathLike[str],
+    image_id: str,
+    grids: list[Grid],
+    variables: list[str],
+    dtype: str,
+    nodata: float | None,
+    tile: int,
+    methods: list[str],
+) -> None:
+    """Write the templates of an image's overview levels 1.. (``grids[k]`` is level k; the
+    image's own template, with its :func:`multiscales_attrs`, is written already).
+
+    Level k is an xarray Dataset like level 0 (bands, pixel-centre coordinates, CF
+    ``spatial_ref``, zarr-conventions attributes; the same chunks, codecs, ``_FillValue``
+    and ``_CRS``) on dimensions ``y_<k>``/``x_<k>``, since an xarray DataTree child may not
+    reuse its parent's dimension names with other sizes; each array records its band's
+    ``resampling_method``. Written with zarr directly, copying level 0's encoded attributes.
+    """
+    if len(grids) < 2:
+        return
+    group = zarr.open_group(
+        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
+    )
+    for k, grid in enumerate(grids[1:], start=1):
+        _level_template(group, k, grid, variables, dtype, nodata, tile, methods)
 
 
 def _level_template(

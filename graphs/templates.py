@@ -41,12 +41,13 @@ def write_template(job: ImageJob, template: ImageTemplate) -> None:
     if not job.write:  # byref: the recipe to re-read the pixels, no arrays
         create_group(job.store, job.image_id, job, template.attrs, list(template.band_attrs))
         return
+    pyr = pyramid_job(job)
+    grids = [level_grid(job.grid, k) for k in range(pyr.levels + 1)]
     store.create_image_template(
         job.store, job.image_id, job.grid, list(job.variables), job.dtype, job.nodata,
         job.tile, attrs=template.attrs, band_attrs=list(template.band_attrs),
+        group_attrs=store.multiscales_attrs(grids, list(job.variables), list(pyr.methods)),
     )  # fmt: skip
-    pyr = pyramid_job(job)
-    grids = [level_grid(job.grid, k) for k in range(pyr.levels + 1)]
     store.create_overview_templates(
         job.store, job.image_id, grids, list(job.variables), job.dtype, job.nodata, job.tile,
         list(pyr.methods),
