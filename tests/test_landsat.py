@@ -35,8 +35,8 @@ from pyproj import Transformer
 from engine import create_image_collection
 from engine.errors import ImageError, RequestError
 from engine.grid import Grid
-from engine.probe import probe_all
 from engine.plan import resampling_scale
+from engine.probe import probe_all
 from engine.rastertypes import describe, landsat7, landsat8
 from engine.rastertypes.mtl import parse_mtl
 from engine.request import InputRasters

@@ -34,8 +34,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from engine import create_image_collection
 from engine.errors import ImageError
 from engine.grid import Grid
-from engine.probe import probe_all
 from engine.plan import resampling_scale
+from engine.probe import probe_all
 from engine.rastertypes import REGISTRY, get_raster_type, safe, sentinel2, source_patterns
 from engine.request import InputRasters
 from engine.sources import resolve_sources
