@@ -116,7 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve jobs and image services over the ArcGIS REST API")
     s.add_argument(
-        "--root", required=True, help="the raster store: collections are DIR/<name>.zarr"
+        "--root",
+        required=True,
+        help="a local folder for the job and item tables; also the raster store by default",
+    )
+    s.add_argument(
+        "--raster-store",
+        default=None,
+        metavar="DIR_OR_URL",
+        help="where collections are published from and written to (<name>.zarr): a folder "
+        "or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (AWS_* variables); default: --root",
     )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
@@ -143,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     it_sub = it.add_subparsers(dest="items_command", required=True)
     add = it_sub.add_parser("add", help="register a raster (or collection) as a portal item")
     add.add_argument("path")
-    add.add_argument("--root", required=True, help="the server's raster store (as for serve)")
+    add.add_argument("--root", required=True, help="the server's --root (holds items.sqlite)")
     add.add_argument("--folder", default=None, help="a folder title (created if needed)")
     add.add_argument("--title", default=None)
     add.set_defaults(func=cmd_items_add)
@@ -448,9 +457,7 @@ def parse_data_stores(values: list[str]) -> dict[str, Path]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from engine.server import create_app
+    from engine import storage
 
     token = None
     if args.token_file:
@@ -471,8 +478,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RequestError(
             "--tls-cert/--tls-key", args.tls_cert or args.tls_key, "need each other", "give both"
         )
+    raster_store = args.raster_store
+    if raster_store is not None:
+        try:
+            raster_store = storage.normalize(raster_store)
+        except StoreError:
+            raise RequestError(
+                "--raster-store",
+                raster_store,
+                "is not a folder or an object-store prefix",
+                "give a folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX",
+            ) from None
+    import uvicorn
+
+    from engine.server import create_app
+
     app = create_app(
         args.root,
+        raster_store=raster_store,
         service_url=args.service_url,
         token=token,
         data_stores=parse_data_stores(args.data_store),

@@ -25,6 +25,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
@@ -298,6 +299,50 @@ def exists(location: str | os.PathLike[str]) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def version(location: str | os.PathLike[str]) -> str | None:
+    """A stamp that changes whenever the file (object) at ``location`` is rewritten, or
+    None when there is none: the local mtime in nanoseconds (one stat), an object's etag
+    and modification time (one HEAD)."""
+    s = os.fspath(location)
+    if not is_remote(s):
+        try:
+            st = os.stat(s.removeprefix("file://"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return str(st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+    import obstore
+
+    client, key = _remote(s)
+    try:
+        meta = obstore.head(client, key)
+    except FileNotFoundError:
+        return None
+    return f"{meta.get('e_tag') or ''}@{meta['last_modified'].isoformat()}"
+
+
+def within(location: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` lies inside ``root`` (or is it): a local path under the local
+    folder once both are resolved (symlinks followed), a URL in the same scheme and bucket
+    under the root's prefix. A URL with empty, ``.`` or ``..`` key segments is never inside
+    (object stores do not resolve them); a local path is never inside a URL, nor the reverse.
+    """
+    if is_remote(location) != is_remote(root):
+        return False
+    try:
+        loc, top = normalize(location), normalize(root)
+    except StoreError:
+        return False
+    if not is_remote(top):
+        return Path(loc).is_relative_to(top)
+    (scheme, bucket, key), (top_scheme, top_bucket, prefix) = _split(loc), _split(top)
+    raw_key = loc.partition("://")[2].partition("/")[2]
+    if any(part in ("", ".", "..") for part in raw_key.split("/")):
+        return False
+    if (scheme, bucket) != (top_scheme, top_bucket):
+        return False
+    return not prefix or key == prefix or key.startswith(prefix + "/")
 
 
 def is_empty(location: str | os.PathLike[str]) -> bool | None:

@@ -1,9 +1,11 @@
 """The FastAPI app of ``mosaicflow serve``: ArcGIS Server's REST paths over a raster store.
 
-``create_app(root)`` serves the CreateImageCollection GP service (:mod:`engine.server.gp`),
-``/arcgis/rest/info`` and the image services of :mod:`engine.server.imageserver`
-(every ``<root>/<name>.zarr`` as ``Hosted/<name>``). The job table is ``<root>/jobs.sqlite``; on start-up
-interrupted jobs are recovered, on shutdown the runner finishes its running job.
+``create_app(root, raster_store=...)`` serves the CreateImageCollection GP service
+(:mod:`engine.server.gp`), ``/arcgis/rest/info`` and the image services of
+:mod:`engine.server.imageserver` (every ``<raster_store>/<name>.zarr`` as ``Hosted/<name>``;
+the raster store is a local folder or an object-store prefix, by default the root). The job
+table is ``<root>/jobs.sqlite`` (always local); on start-up interrupted jobs are recovered,
+on shutdown the runner finishes its running job.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine import storage
 from engine.items import ItemRegistry
 from engine.server import gp, imageserver, portal
 from engine.server.arcgis import (
@@ -36,6 +39,7 @@ CURRENT_VERSION = 11.3
 def create_app(
     root: str | Path,
     *,
+    raster_store: str | Path | None = None,
     service_url: str | None = None,
     token: str | None = None,
     client_factory: Callable[[], Any] | None = None,
@@ -47,8 +51,13 @@ def create_app(
     Parameters
     ----------
     root
-        The raster store: ``serviceProperties.name`` collections go to ``<root>/<name>.zarr``;
-        the job table is ``<root>/jobs.sqlite``.
+        A local folder: the job table ``<root>/jobs.sqlite`` and the portal's
+        ``<root>/items.sqlite``; also the raster store when ``raster_store`` is None.
+    raster_store
+        Where collections are published from and written to: a local folder or
+        ``s3://bucket/prefix`` (``gs://``; connection settings from the AWS_* variables,
+        see engine.storage). ``serviceProperties.name`` collections go to
+        ``<raster_store>/<name>.zarr``.
     service_url
         The public base url (``https://host``); output image service urls are
         ``<service_url>/arcgis/rest/services/Hosted/<name>/ImageServer``. None uses the
@@ -60,15 +69,19 @@ def create_app(
     data_stores
         Registered data stores (NAME -> folder): input uris must resolve inside them
         (``/NAME/rel/path`` or absolute paths inside; ``..`` and symlinks out refused) and
-        outputs inside ``root``. None accepts any local path (for library use and tests;
+        outputs inside the raster store. None accepts any local path (for library use and tests;
         ``mosaicflow serve`` always passes its ``--data-store`` set).
     max_request_bytes
         Request bodies over this are refused with ArcGIS error 413 before being read whole.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    store = storage.normalize(root if raster_store is None else raster_store)
+    if not storage.is_remote(store):
+        Path(store).mkdir(parents=True, exist_ok=True)
     state = gp.ServerState(
         root=root,
+        raster_store=store,
         token=token,
         service_url=service_url,
         data_stores=None if data_stores is None else {k: Path(v) for k, v in data_stores.items()},
@@ -97,7 +110,7 @@ def create_app(
         """The image services check the server's token like every other route."""
         check_token(token, request_token(request, await read_params(request)))
 
-    imageserver.configure(root)
+    imageserver.configure(store)
     app.include_router(imageserver.router, dependencies=[Depends(require_token)])
 
     @app.exception_handler(ArcGISError)

@@ -3,7 +3,8 @@
 Routes under ``/arcgis/rest/services/System/RasterAnalysisTools/GPServer/CreateImageCollection``:
 the task description, ``submitJob``, ``jobs/<jobId>``, ``jobs/<jobId>/results/result`` and
 ``jobs/<jobId>/cancel``. Jobs live in the app's :class:`~engine.jobs.JobStore`
-(``<root>/jobs.sqlite``) and run on its :class:`~engine.jobs.JobRunner`.
+(``<root>/jobs.sqlite``, always local) and run on its :class:`~engine.jobs.JobRunner`; the
+collections they create go to the raster store (a local folder or an object-store prefix).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from engine import storage
 from engine.errors import RequestError
 from engine.ingest import IngestResult, run_request
 from engine.items import ItemRegistry
@@ -31,15 +33,22 @@ SERVICES = "/arcgis/rest/services"
 
 @dataclass
 class ServerState:
-    """What the routes share: the raster store, the token and the job runner."""
+    """What the routes share: the local root, the raster store, the token and the runner."""
 
-    root: Path
+    root: Path  # the local folder of jobs.sqlite and items.sqlite
     token: str | None
     service_url: str | None
     runner: JobRunner | None = None
     # registered data stores (NAME -> folder); None: any local path (library/tests only)
     data_stores: dict[str, Path] | None = None
     items: ItemRegistry | None = None  # the portal's items: itemIds/folderId inputs
+    # where collections are published from and written to (storage.normalize'd): a local
+    # folder or s3://bucket/prefix, gs://...; None: the root
+    raster_store: str | None = None
+
+    @property
+    def store(self) -> str:
+        return self.raster_store or storage.normalize(self.root)
 
     def sources(self, request: CreateRequest) -> list[Any] | None:
         """The request's inputs resolved inside the data stores (RequestError outside) and
@@ -60,11 +69,11 @@ class ServerState:
         return self.runner
 
 
-def rooted(request: CreateRequest, root: Path) -> CreateRequest:
-    """``serviceProperties.name`` resolved to ``<root>/<name>.zarr`` (the raster store)."""
+def rooted(request: CreateRequest, raster_store: str) -> CreateRequest:
+    """``serviceProperties.name`` resolved to ``<raster_store>/<name>.zarr``."""
     target = request.image_collection
     if target.name and not target.uri:
-        uri = str(root / f"{target.name}.zarr")
+        uri = storage.join(raster_store, f"{target.name}.zarr")
         return replace(request, image_collection=replace(target, uri=uri))
     return request
 
@@ -81,27 +90,28 @@ def adds_to_existing(request: CreateRequest) -> str:
 
 
 def _check_output(request: CreateRequest, state: ServerState) -> None:
-    """With data stores registered, an output uri must lie in the raster store."""
+    """With data stores registered, an output uri must lie in the raster store (a local
+    path under its folder; a URL in its bucket under its prefix)."""
     uri = request.image_collection.uri
     if state.data_stores is None or not uri:
         return
-    path = Path(uri).resolve()
-    if not path.is_relative_to(state.root):
+    if not storage.within(uri, state.store):
         raise RequestError(
             "imageCollection.uri",
             uri,
             "lies outside the server's raster store",
-            f'give {{"serviceProperties": {{"name": NAME}}}} to create {state.root}/NAME.zarr',
+            f'give {{"serviceProperties": {{"name": NAME}}}} to create {state.store}/NAME.zarr',
         )
 
 
 def make_runner(state: ServerState, client_factory: Any = None) -> JobRunner:
-    """The app's runner: the store at ``<root>/jobs.sqlite``, names resolved under root."""
-    root = state.root
+    """The app's runner: the job table at ``<root>/jobs.sqlite``, names resolved in the
+    raster store."""
+    root, raster_store = state.root, state.store
 
     def run(request: CreateRequest, **kwargs: Any) -> IngestResult:
         result = run_request(
-            rooted(request, root),
+            rooted(request, raster_store),
             sources=state.sources(request),
             resolver=state.items,
             on_existing=adds_to_existing(request),

@@ -1,5 +1,5 @@
 """Shared pieces of the ImageServer routes: ArcGIS errors and formats, parameters, and the
-published collections under the raster store root."""
+published collections of the raster store (a local folder or an object-store prefix)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pyproj import CRS
 
+from engine import storage
 from engine.collection import Collection, open_collection
 from engine.server.arcgis import ArcGISError, read_params, render
 from engine.spatialref import parse_spatial_reference
@@ -25,14 +26,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 router = APIRouter()
 
-_state: dict[str, Any] = {"root": None}
-_cache: dict[str, tuple[int, Collection]] = {}
+_state: dict[str, Any] = {"raster_store": None}
+# location -> (the two files' versions, the opened collection)
+_cache: dict[str, tuple[tuple[str, str], Collection]] = {}
 _cache_lock = threading.Lock()
 
 
-def configure(root: Path | str) -> None:
-    """Publish every ``root/<name>.zarr`` as ``Hosted/<name>``."""
-    _state["root"] = Path(root)
+def configure(raster_store: Path | str) -> None:
+    """Publish every ``<raster_store>/<name>.zarr`` as ``Hosted/<name>``; the raster store
+    is a local folder or an object-store prefix (``s3://bucket/prefix``, ``gs://...``)."""
+    _state["raster_store"] = storage.normalize(raster_store)
     with _cache_lock:
         _cache.clear()
 
@@ -86,22 +89,27 @@ def _int_param(params: Mapping[str, str], key: str, default: int | None) -> int 
 
 # -- collections ----------------------------------------------------------------------
 def _collection(name: str) -> Collection:
-    root = _state["root"]
-    if root is None or not _NAME.match(name):
+    """The published collection ``name``, opened once and reopened when it changed.
+
+    Freshness: the versions of service.json and catalog.parquet, the files every commit
+    rewrites (local: one stat each; object store: one HEAD each), so a collection that
+    another process updated is seen at the next request."""
+    raster_store = _state["raster_store"]
+    if raster_store is None or not _NAME.match(name):
         raise ArcGISError(404, "Service not found", [f"Hosted/{name} is not published"])
-    path = Path(root) / f"{name}.zarr"
-    service = path / "service.json"
-    if not service.is_file() or not (path / "catalog.parquet").is_file():
+    location = storage.join(raster_store, f"{name}.zarr")
+    service = storage.version(storage.join(location, "service.json"))
+    catalog = storage.version(storage.join(location, "catalog.parquet"))
+    if service is None or catalog is None:
         raise ArcGISError(404, "Service not found", [f"Hosted/{name} is not published"])
-    stamp = service.stat().st_mtime_ns ^ (path / "catalog.parquet").stat().st_mtime_ns
-    key = str(path)
+    stamp = (service, catalog)
     with _cache_lock:
-        hit = _cache.get(key)
+        hit = _cache.get(location)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-    coll = open_collection(path)
+    coll = open_collection(location)
     with _cache_lock:
-        _cache[key] = (stamp, coll)
+        _cache[location] = (stamp, coll)
     return coll
 
 
