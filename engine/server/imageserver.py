@@ -1,6 +1,6 @@
 """The ArcGIS ``ImageServer`` endpoints of a published collection.
 
-Routes (``root/<name>.zarr`` is published as ``Hosted/<name>``)::
+Routes (``<raster store>/<name>.zarr`` is published as ``Hosted/<name>``)::
 
     /arcgis/rest/services/Hosted/{name}/ImageServer              the descriptor (service.json)
     /arcgis/rest/services/Hosted/{name}/ImageServer/query        catalog query (FeatureSet)
