@@ -22,20 +22,24 @@ memory with the scheduler's; here each process is sampled on its own (psutil, 0.
 
 Measured, for both tools:
 
-* ``plan_s``: client time from the call until the first graph reaches the scheduler
-  (``first_submit_s``, seen by a scheduler plugin), and until the last one
-  (``last_submit_s``; they differ when a tool submits in windows). For mosaicflow also
-  the time of its ``planned`` progress event; the target is planning under 10 s for
-  10,000 images.
-* ``tasks``: tasks the scheduler received (sum over every ``update_graph``), and
-  ``tasks_per_chunk`` = tasks ÷ output chunks (level-0 chunks of every image): "graph size
-  linear in output chunks" means this stays constant as N grows. ``peak_tasks_held``: the
-  most tasks the scheduler held at once.
+* ``plan_s``: client time from the call until the first graph of pixel work is submitted:
+  mosaicflow's ``submitted`` progress event (its first window; before windows existed,
+  its one graph), odc-geo's ``client.compute`` returning. ``first_submit_s`` and
+  ``last_submit_s``: the first and last graph the scheduler received (a scheduler plugin
+  sees every ``update_graph``; mosaicflow's first may be its probing). Target: planning
+  under 10 s for 10,000 images.
+* ``tasks``: tasks the scheduler received (sum over every ``update_graph``),
+  ``tasks_per_image`` and ``tasks_per_chunk`` (÷ level-0 output chunks of every image):
+  "graph size linear in output chunks" means these stay constant as N grows.
+  ``peak_tasks_held``: the most tasks the scheduler held at once.
 * ``scheduler_peak_rss_mib``, ``client_peak_rss_mib``, ``worker_peak_rss_mib`` (largest
   worker process).
 * ``images_per_s``: N ÷ the client's time from the call until every image is stored
   (mosaicflow also writes overviews, the catalog, STAC and the descriptor; odc-geo does
   not).
+
+A tool cut off by ``--timeout`` keeps, under ``partial``, what it had done by then (stage
+times, images done, RSS so far), from a file the child rewrites every 2 s.
 
     python -m benchmarks.scale [--images 10000] [--workers 2] [--tools mosaicflow,odc-geo]
 """
@@ -149,10 +153,10 @@ class _PeakRSS(threading.Thread):
 # --------------------------------------------------------------------------------------
 # The two tools (inside the measured child, on a client of a fresh cluster)
 # --------------------------------------------------------------------------------------
-def _mosaicflow(client: Any, files: list[str], store: str) -> dict[str, Any]:
+def _mosaicflow(client: Any, files: list[str], store: str, live: dict[str, Any]) -> dict[str, Any]:
     from engine import create_image_collection
 
-    stamps: dict[str, float] = {}
+    stamps: dict[str, float] = live.setdefault("stages", {})
     windows: set[Any] = set()
     t0 = time.perf_counter()
 
@@ -160,10 +164,13 @@ def _mosaicflow(client: Any, files: list[str], store: str) -> dict[str, Any]:
         # tolerant: stages and fields may be added (e.g. "window" when submitting in windows)
         now = time.perf_counter() - t0
         stamps.setdefault(str(event.get("stage")), now)
-        if event.get("window") is not None:
+        if event.get("window") is not None:  # submitted in windows: keep the last one too
             windows.add(event["window"])
+            stamps[f"last_{event.get('stage')}"] = now
         if event.get("stage") == "planned" and "chunks" in event:
             stamps["chunks_planned"] = float(event["chunks"])
+        if "images_done" in event:
+            live["images_done"] = event["images_done"]
 
     result = create_image_collection(
         files, image_collection=store, client=client, progress=progress, overwrite=True
@@ -194,16 +201,16 @@ def lattice_geobox(bounds: tuple[float, float, float, float]) -> Any:
     return GeoBox((row1 - row0, col1 - col0), transform, CRS)
 
 
-def _odc_geo(client: Any, files: list[str], store: str) -> dict[str, Any]:
+def _odc_geo(client: Any, files: list[str], store: str, live: dict[str, Any]) -> dict[str, Any]:
     import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
     import rioxarray
-    from distributed import wait
+    from distributed import as_completed
     from odc.geo.xr import xr_reproject
     from zarr.codecs import ZstdCodec
 
     from benchmarks.baselines import ZSTD_LEVEL
 
-    writes, chunks = [], 0
+    writes, chunks, t0 = [], 0, time.perf_counter()
     for path in files:
         src: Any = rioxarray.open_rasterio(
             path, chunks={"band": -1, "y": TILE, "x": TILE}, lock=False
@@ -222,22 +229,30 @@ def _odc_geo(client: Any, files: list[str], store: str) -> dict[str, Any]:
             )
         )  # fmt: skip
     futures = client.compute(writes)
-    wait(futures)
+    live["stages"] = {"submitted": time.perf_counter() - t0}
+    live["images_done"] = 0
+    for fut in as_completed(futures):
+        live["images_done"] += 1
+        del fut  # results are None; let each future go as it completes
     failed = [f for f in futures if f.status != "finished"]
     if failed:
         raise RuntimeError(f"{len(failed)} odc-geo writes failed: {failed[0].exception()}")
     return {"complete": len(files), "output_chunks": chunks}
 
 
-_RUNNERS: dict[str, Callable[[Any, list[str], str], dict[str, Any]]] = {
+_RUNNERS: dict[str, Callable[[Any, list[str], str, dict[str, Any]], dict[str, Any]]] = {
     "mosaicflow": _mosaicflow,
     "odc-geo": _odc_geo,
 }
 
 
-def run_tool(tool: str, folder: str, store: str, workers: int = 2) -> dict[str, Any]:
+def run_tool(
+    tool: str, folder: str, store: str, workers: int = 2, live_path: str | None = None
+) -> dict[str, Any]:
     """Run one tool on a fresh ``dask scheduler`` + ``workers`` × ``dask worker`` cluster
-    (called in the measured child); the figures of the module docstring."""
+    (called in the measured child); the figures of the module docstring. ``live_path``
+    gets the stage times and images done so far every 2 s, which is what is left of a run
+    that hits the benchmark's timeout."""
     from distributed import Client
 
     from benchmarks.cluster_scaling import _dask_cli_cluster
@@ -253,8 +268,14 @@ def run_tool(tool: str, folder: str, store: str, workers: int = 2) -> dict[str, 
         }
         sampler = _PeakRSS(pids)
         sampler.start()
+        live: dict[str, Any] = {}
+        dumper = _Dumper(live, sampler, live_path)
+        dumper.start()
         t_wall, t0 = time.time(), time.perf_counter()
-        out = _RUNNERS[tool](client, files, store)
+        try:
+            out = _RUNNERS[tool](client, files, store, live)
+        finally:
+            dumper.halt.set()
         total = time.perf_counter() - t0
         peaks = sampler.stop()
         graphs = client.run_on_scheduler(_counter_stats)
@@ -269,10 +290,31 @@ def run_tool(tool: str, folder: str, store: str, workers: int = 2) -> dict[str, 
         tasks=graphs["tasks"],
         peak_tasks_held=graphs["peak_tasks_held"],
     )
-    out["plan_s"] = out["first_submit_s"]
+    # planning ends when the first graph of pixel work is submitted: mosaicflow reports it
+    # ("submitted", first window); before windows it sent one graph, the scheduler's first
+    out["plan_s"] = live.get("stages", {}).get("submitted", out["first_submit_s"])
+    out["tasks_per_image"] = out["tasks"] / len(files)
     if out.get("output_chunks"):
         out["tasks_per_chunk"] = out["tasks"] / out["output_chunks"]
     return out
+
+
+class _Dumper(threading.Thread):
+    """Writes ``live`` and the RSS peaks so far to ``path`` every ``interval`` seconds."""
+
+    def __init__(
+        self, live: dict[str, Any], sampler: _PeakRSS, path: str | None, interval: float = 2.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.live, self.sampler, self.path, self.interval = live, sampler, path, interval
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        while self.path and not self.halt.wait(self.interval):
+            snap = {"elapsed_s": time.perf_counter() - t0, **self.live}
+            snap.update({f"{k}_peak_rss_mib": v / 2**20 for k, v in self.sampler.peak.items()})
+            Path(self.path).write_text(json.dumps(snap, default=str))
 
 
 # --------------------------------------------------------------------------------------
@@ -285,6 +327,7 @@ COLUMNS = [
     ("total_s", "total s", ".1f"),
     ("images_per_s", "images/s", ".1f"),
     ("tasks", "tasks", "d"),
+    ("tasks_per_image", "tasks/image", ".2f"),
     ("tasks_per_chunk", "tasks/chunk", ".2f"),
     ("scheduler_peak_rss_mib", "sched MiB", ".0f"),
     ("client_peak_rss_mib", "client MiB", ".0f"),
@@ -295,10 +338,12 @@ RATIOS = ("plan_s", "total_s", "images_per_s", "tasks", "scheduler_peak_rss_mib"
           "client_peak_rss_mib", "worker_peak_rss_mib")  # fmt: skip
 
 
-def _row(tool: str, m: Measurement) -> dict[str, Any]:
+def _row(tool: str, m: Measurement, live: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"tool": tool, "status": m.status if m.ok else f"{m.status}: {m.note}"}
     if m.ok and isinstance(m.result, dict):
         row.update(m.result)
+    elif live.is_file():  # cut off: how far it got (stage times, images done, RSS so far)
+        row["partial"] = json.loads(live.read_text())
     row["wall_s"], row["tree_peak_rss_mib"] = m.wall_s, m.peak_rss_mib
     return row
 
@@ -319,17 +364,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for tool in tools:
         store = WORK / f"out-{tool}.zarr"
+        live = WORK / f"live-{tool}.json"
+        live.unlink(missing_ok=True)
         print(f"{tool}: {args.images} images ...", file=sys.stderr, flush=True)
-        m = run_callable(
-            run_tool,
-            {"tool": tool, "folder": str(folder), "store": str(store), "workers": args.workers},
-            name=tool,
-            timeout=args.timeout,
-            interval=0.5,  # the processes are sampled in the child; this is the tree total
-            log_path=WORK / f"log-{tool}.log",
-        )
-        rows.append(_row(tool, m))
-        print(f"  {rows[-1]['status']}", file=sys.stderr, flush=True)
+        kwargs = {"tool": tool, "folder": str(folder), "store": str(store)}
+        try:
+            m = run_callable(
+                run_tool,
+                {**kwargs, "workers": args.workers, "live_path": str(live)},
+                name=tool,
+                timeout=args.timeout,
+                interval=0.5,  # the processes are sampled in the child; this is the tree total
+                log_path=WORK / f"log-{tool}.log",
+            )
+        except ChildProcessError:  # measure.py's timeout reaped the child before wait4 did
+            m = Measurement(tool, status="timeout", note=f"killed after {args.timeout:.0f} s")
+        rows.append(_row(tool, m, live))
+        print(f"  {rows[-1]['status']} {rows[-1].get('partial', '')}", file=sys.stderr, flush=True)
     by_tool = {r["tool"]: r for r in rows}
     ratios = {}
     if "mosaicflow" in by_tool and "odc-geo" in by_tool:

@@ -8,7 +8,8 @@ Run from the repository root::
 Inputs: one synthetic scene per size (``engine.synth.make_scenes``: 1 band uint16, 10 m,
 EPSG:32633, tiled 512² DEFLATE with predictor, a tilted valid footprint with a nodata
 collar, landscape-like content), written strip by strip and cached under
-``benchmarks/work/scene-memory/``. A 32768² scene (2 GiB of pixels) takes about a minute.
+``benchmarks/work/scene-memory/``. A 32768² scene (2 GiB of pixels, 0.93 GB on disk) takes
+about two minutes on a busy 2-core machine.
 
 Each scene is ingested with ``create_image_collection`` into EPSG:3857 at 20 m, bilinear,
 on two layouts, each in its own fresh measured subprocess (``benchmarks.measure``):
@@ -26,7 +27,11 @@ process, ``idle MiB`` that worker's RSS before the ingestion (interpreter, impor
 cluster). The reference line is ``gdalwarp`` (Debian's GDAL; default ``-wm``, GeoTIFF
 output, the same target grid), whose one process is sampled the same way and also reported
 as the kernel's exact ``ru_maxrss``. ``32k / 4k`` is the ratio of the two sizes' peaks
-per layout; "flat" means about 1.0.
+per layout; "flat" means about 1.0. Also per worker: its CPU seconds (they move less than
+wall time when the machine is shared), an RSS trace (one sample a second, in the JSON), and
+its GDAL block cache in use at the end (``GDALGetCacheUsed64``), the usual suspect when
+memory grows with the scene. ``GDAL_CACHEMAX=32 python -m benchmarks.scene_memory`` tries
+another cache size: a variable set on the workers wins over the engine's setting.
 
 Results are printed and written to ``benchmarks/work/results-scene-memory.json``.
 """
@@ -62,31 +67,47 @@ def make_scene(size: int) -> Path:
 
 
 class _Sampler(threading.Thread):
-    """Peak RSS of each process in ``pids``, every ``interval`` seconds."""
+    """Peak RSS of each process in ``pids`` every ``interval`` seconds, a trace of the
+    largest one every ``trace_every`` samples, and each process's CPU seconds at the end
+    (CPU time, unlike wall time, barely moves when other work shares the machine)."""
 
-    def __init__(self, pids: Sequence[int], interval: float = 0.1) -> None:
+    def __init__(self, pids: Sequence[int], interval: float = 0.1, trace_every: int = 10) -> None:
         import psutil
 
         super().__init__(daemon=True)
         self.procs = [psutil.Process(p) for p in pids]
         self.idle = [p.memory_info().rss for p in self.procs]
+        self.cpu0 = [sum(p.cpu_times()[:2]) for p in self.procs]
         self.peak = list(self.idle)
-        self.interval = interval
+        self.cpu_s = [0.0 for _ in self.procs]
+        self.trace: list[tuple[float, float]] = []  # (seconds, MiB of the largest process)
+        self.interval, self.trace_every = interval, trace_every
         self.halt = threading.Event()
 
     def run(self) -> None:
         import psutil
 
+        t0, n = time.perf_counter(), 0
         while True:
+            rss = []
             for k, p in enumerate(self.procs):
                 with contextlib.suppress(psutil.Error):  # a worker may end first
-                    self.peak[k] = max(self.peak[k], p.memory_info().rss)
+                    rss.append(p.memory_info().rss)
+                    self.peak[k] = max(self.peak[k], rss[-1])
+            if rss and n % self.trace_every == 0:
+                self.trace.append((round(time.perf_counter() - t0, 1), round(max(rss) / 2**20)))
+            n += 1
             if self.halt.wait(self.interval):
                 return
 
     def stop(self) -> None:
+        import psutil
+
         self.halt.set()
         self.join()
+        for k, p in enumerate(self.procs):
+            with contextlib.suppress(psutil.Error):
+                self.cpu_s[k] = sum(p.cpu_times()[:2]) - self.cpu0[k]
 
 
 def ingest(scene: str, store: str, layout: str) -> dict[str, Any]:
@@ -128,11 +149,17 @@ def ingest(scene: str, store: str, layout: str) -> dict[str, Any]:
     return {
         "ingest_s": elapsed,
         "workers": [
-            {"pid": pid, "idle_mib": i / mib, "peak_mib": p / mib, "gdal_cache": c}
-            for pid, i, p, c in zip(
-                pids, sampler.idle, sampler.peak, [caches[w] for w in workers], strict=True
+            {"pid": pid, "idle_mib": i / mib, "peak_mib": p / mib, "gdal_cache": c, "cpu_s": t}
+            for pid, i, p, c, t in zip(
+                pids,
+                sampler.idle,
+                sampler.peak,
+                [caches[w] for w in workers],
+                sampler.cpu_s,
+                strict=True,
             )
         ],
+        "trace": sampler.trace,
     }
 
 
@@ -196,6 +223,8 @@ def _mosaicflow_row(layout: str, size: int, scene: Path) -> dict[str, Any]:
         idle_mib=top["idle_mib"],
         worker_peaks_mib=[round(w["peak_mib"], 1) for w in workers],
         gdal_cache_mib=(top["gdal_cache"] or {}).get("used"),
+        worker_cpu_s=sum(w["cpu_s"] for w in workers),
+        trace=m.result["trace"],
     )
     return row
 
@@ -237,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("tool", "tool", ""),
                 ("size", "scene px", "d"),
                 ("seconds", "s", ".1f"),
+                ("worker_cpu_s", "worker CPU s", ".1f"),
                 ("idle_mib", "idle MiB", ".0f"),
                 ("peak_mib", "peak MiB", ".0f"),
                 ("maxrss_mib", "ru_maxrss MiB", ".0f"),
