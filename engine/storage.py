@@ -198,16 +198,24 @@ def zarr_store(location: str | os.PathLike[str]) -> Any:
     return StorePath(_zarr_object_store(scheme, bucket, _settings(scheme)), key)
 
 
-def open_array(location: str) -> Any:
+def open_array(location: str, expect: tuple[Any, ...] = ()) -> Any:
     """A zarr array opened for writing, cached per process by location and connection
-    settings (chunk tasks write many chunks of one array; the metadata is read once)."""
+    settings (chunk tasks write many chunks of one array; the metadata is read once).
+
+    ``expect``: what the caller knows of the array (shape, dtype, chunks), part of the cache
+    key: on a long-lived worker, an array rewritten with another shape at the same location
+    (a collection re-created with another cell size) is opened anew, never written through
+    its stale metadata.
+    """
     s = os.fspath(location)
     scheme = s.partition("://")[0].lower() if is_remote(s) else ""
-    return _open_array(s, _settings(scheme) if scheme else ())
+    return _open_array(s, _settings(scheme) if scheme else (), expect)
 
 
 @lru_cache(maxsize=256)
-def _open_array(location: str, settings: tuple[tuple[str, str], ...]) -> Any:
+def _open_array(
+    location: str, settings: tuple[tuple[str, str], ...], expect: tuple[Any, ...]
+) -> Any:
     import zarr
 
     return zarr.open_array(zarr_store(location), mode="r+", zarr_format=3)

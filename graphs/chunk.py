@@ -103,12 +103,13 @@ def _rio_crs(wkt: str) -> RioCRS:
     return RioCRS.from_wkt(wkt)
 
 
-def _zarr_array(group_path: str, name: str) -> zarr.Array:
+def _zarr_array(job: ImageJob, name: str) -> zarr.Array:
     # a local path or an object-store URL: workers share no file system with the client and
     # open the store from the URL the job carries (cached per process by engine.storage)
     from engine import storage
 
-    return storage.open_array(f"{group_path}/{name}")
+    expect = (job.grid.shape, job.dtype, job.tile)
+    return storage.open_array(f"{job.group_path}/{name}", expect)
 
 
 @lru_cache(maxsize=16)
@@ -367,5 +368,5 @@ def ingest_chunk(job: ImageJob, i: int, j: int, *after: Any) -> dict[str, Any]:
         r0, c0 = i * job.tile, j * job.tile
         h, w = block.shape[1:]
         for name, band in zip(job.variables, block, strict=True):
-            _zarr_array(job.group_path, name)[r0 : r0 + h, c0 : c0 + w] = band
+            _zarr_array(job, name)[r0 : r0 + h, c0 : c0 + w] = band
     return summary

@@ -233,12 +233,13 @@ def assemble(
 
 
 # -- tasks ----------------------------------------------------------------------------
-def _array(path: str, name: str) -> zarr.Array:
+def _array(pyr: PyramidJob, level: int, name: str) -> zarr.Array:
     # a local path or an object-store URL: workers share no file system with the client and
     # open the store from the URL the job carries (cached per process by engine.storage)
     from engine import storage
 
-    return storage.open_array(f"{path}/{name}")
+    expect = (level_grid(pyr.grid, level).shape, pyr.dtype, pyr.tile)
+    return storage.open_array(f"{pyr.level_path(level)}/{name}", expect)
 
 
 def _write(pyr: PyramidJob, level: int, i: int, j: int, states: list[Any]) -> None:
@@ -252,7 +253,7 @@ def _write(pyr: PyramidJob, level: int, i: int, j: int, states: list[Any]) -> No
     r0, c0 = i * pyr.tile, j * pyr.tile
     for name, block in zip(pyr.variables, blocks, strict=True):
         h, w = block.shape
-        _array(pyr.level_path(level), name)[r0 : r0 + h, c0 : c0 + w] = block
+        _array(pyr, level, name)[r0 : r0 + h, c0 : c0 + w] = block
 
 
 def _finish(pyr: PyramidJob, level: int, i: int, j: int, states: list[Any]) -> Any:
@@ -271,7 +272,7 @@ def level1_chunk(pyr: PyramidJob, i: int, j: int, *after: Any) -> Any:
     c0, c1 = 2 * j * t, min(2 * (j + 1) * t, w0)
     states = []
     for name, method in zip(pyr.variables, pyr.methods, strict=True):
-        band = np.asarray(_array(pyr.group_path, name)[r0:r1, c0:c1])
+        band = np.asarray(_array(pyr, 0, name)[r0:r1, c0:c1])
         states.append(reduce_state(base_state(band, method, pyr.nodata), method, pyr.fill))
     return _finish(pyr, 1, i, j, states)
 

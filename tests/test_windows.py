@@ -114,3 +114,28 @@ def test_a_request_is_submitted_in_windows_and_equals_one_graph(rasters, tmp_pat
     ):
         time.sleep(0.1)
     assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+
+
+def test_a_long_lived_cluster_rewrites_a_recreated_store_right(rasters, tmp_path, client):
+    """Workers cache opened arrays; a store re-created at the same path with another cell
+    size (other array shapes) must be written through the new metadata, not the cached."""
+    from engine.verify import verify_collection
+
+    target = tmp_path / "again.zarr"
+    first = create_image_collection(
+        rasters[:3], image_collection=str(target), context={"cellSize": 40}, client=client
+    )
+    assert first.exit_code == 0
+    finer = {"cellSize": 10}  # larger arrays than the ones the workers opened first
+    again = create_image_collection(
+        rasters[:3], image_collection=str(target), context=finer, client=client, overwrite=True
+    )
+    fresh = create_image_collection(
+        rasters[:3], image_collection=str(tmp_path / "fresh.zarr"), context=finer, client=client
+    )
+    assert again.exit_code == fresh.exit_code == 0
+    assert {r.name: r.checksum for r in again.complete} == {
+        r.name: r.checksum for r in fresh.complete
+    }
+    report = verify_collection(str(target))
+    assert report["checked"] == 3 and report["bad"] == 0, report
