@@ -3,9 +3,13 @@
 Where probes run:
 - small requests and raster types that need every frame at once (``probe_batch``: camera
   tracks, GPS tables) are probed here, in the client process;
-- larger requests go to the cluster when its workers are other processes (a process
-  cluster, or a remote one, where the inputs must be reachable from the workers anyway):
-  batches of ``BATCH`` sources per task, in parallel across workers.
+- larger requests go to the cluster when some of its workers are on other machines (the
+  inputs must be reachable from the workers anyway, and may not be from the client):
+  batches of ``BATCH`` sources per task, in parallel across workers. Workers on this
+  machine (a LocalCluster, threads or processes) share its disk and cores with the
+  otherwise idle client: measured on 10,000 GeoTIFFs and 2 worker processes, probing on
+  them took 7.7 s against 6.9 s here (shipping 10,000 descriptions back, and every
+  unpickled CRS parsed again while planning).
 
 In one process, probing in threads is *slower* than one thread (measured on 4,000 small
 GeoTIFFs: 2.75 s in one thread, 3.3–3.6 s in 2–8; opening a local raster holds the GIL
@@ -19,6 +23,8 @@ reason (and, for a wrong raster type pick, the type that reads it).
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -43,11 +49,13 @@ def probe_all(
     raster_type: str,
     params: Mapping[str, Any] | None = None,
     client: Any = None,
+    on_cluster: bool | None = None,
 ) -> tuple[list[ImageSource], list[ImageRecord]]:
     """Probe every source; returns the images found and a failed record per bad source.
 
     ``client``: a Dask client (or a callable returning one, so a cluster is only started
-    when it is used) whose workers probe large requests, see the module docstring.
+    when it is used) whose workers probe large requests, see the module docstring;
+    ``on_cluster`` True or False decides instead.
     """
     rtype = get_raster_type(raster_type)
     params = params if params is not None else {}
@@ -55,7 +63,7 @@ def probe_all(
     if hasattr(rtype, "probe_batch"):  # types that need every frame at once (tracks, tables)
         found = list(rtype.probe_batch(refs, params))
     else:
-        c = _cluster_for(refs, client)
+        c = _cluster_for(refs, client, on_cluster)
         found = (
             _on_cluster(c, refs, raster_type, params)
             if c
@@ -92,14 +100,30 @@ def probe_batch(refs: Sequence[Any], raster_type: str, params: Mapping[str, Any]
         return [f for part in pool.map(run, parts) for f in part]
 
 
-def _cluster_for(refs: list[Any], client: Any) -> Any:
+def _cluster_for(refs: list[Any], client: Any, on_cluster: bool | None) -> Any:
     """The client whose workers should probe ``refs``, or None to probe here."""
-    if client is None or len(refs) < CLUSTER_FROM:
+    if client is None or on_cluster is False or (on_cluster is None and len(refs) < CLUSTER_FROM):
         return None
     c = client() if callable(client) else client
-    workers = c.scheduler_info().get("workers", {})
-    # in-process workers (a threads LocalCluster) would only add contention
-    return c if any(not addr.startswith("inproc://") for addr in workers) else None
+    if on_cluster:
+        return c
+    hosts = {_host(addr) for addr in c.scheduler_info().get("workers", {})}
+    return c if hosts - _this_machine() else None
+
+
+def _host(address: str) -> str:
+    """The host of a Dask address (``tcp://10.0.0.5:4321``, ``inproc://…``)."""
+    scheme, _, rest = address.partition("://")
+    if scheme == "inproc":
+        return "localhost"
+    return rest.rsplit(":", 1)[0].strip("[]")
+
+
+def _this_machine() -> set[str]:
+    names = {"localhost", "127.0.0.1", "::1", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        names |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+    return names
 
 
 def _on_cluster(client: Any, refs: list[Any], raster_type: str, params: Any) -> list[Found]:

@@ -139,3 +139,26 @@ def test_a_long_lived_cluster_rewrites_a_recreated_store_right(rasters, tmp_path
     }
     report = verify_collection(str(target))
     assert report["checked"] == 3 and report["bad"] == 0, report
+
+
+def test_probing_on_the_cluster_equals_probing_here(rasters, tmp_path, client):
+    """Large requests are probed by the workers when they are on other machines: the
+    same images, grids and failures as probing in the client process."""
+    from engine.probe import _cluster_for, probe_all
+    from engine.request import build_request
+    from engine.sources import resolve_sources
+
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a raster")
+    req = build_request([*rasters, str(bad)], None, str(tmp_path / "x.zarr"), None)
+    refs = resolve_sources(req.input_rasters)
+    here = probe_all(refs, "Raster Dataset")
+    there = probe_all(refs, "Raster Dataset", client=client, on_cluster=True)
+    assert [s.image_id for s in there[0]] == [s.image_id for s in here[0]]
+    assert [s.finest_part.grid.bounds for s in there[0]] == [
+        s.finest_part.grid.bounds for s in here[0]
+    ]
+    assert [(f.image_id, f.message) for f in there[1]] == [(f.image_id, f.message) for f in here[1]]
+    assert len(there[1]) == 1 and "GDAL cannot read it" in there[1][0].message
+    # the session cluster's workers are on this machine: by default probing stays here
+    assert _cluster_for(refs * 100, client, None) is None
