@@ -31,14 +31,13 @@ from distributed import Client, as_completed
 
 from engine import catalog, footprint, store
 from engine.byref import chunk_bitmap
-from engine.errors import ImageError
 from engine.grid import Grid, Lattice
 from engine.plan import ImagePlan, Plan
 from engine.probe import failed_record
 from engine.rastertypes import ImageSource
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.request import CreateRequest
-from graphs.chunk import ChunkReadError, ImageJob, default_tolerance
+from graphs.chunk import ImageJob, default_tolerance, failure_reason
 from graphs.ingest import add_overview_tasks, build_ingest_graph
 from graphs.overviews import level_grid, pyramid_job
 from graphs.templates import ImageTemplate
@@ -115,8 +114,11 @@ def finish_task(
     path: str, fin: ImageFinish, summaries: list[dict[str, Any]], *after: Any
 ) -> ImageRecord:
     """An image's last task, after its chunks (``summaries``) and its top overview
-    (``after``): fold the summaries into its record and commit its group, on the worker."""
-    rec = finish_image(path, fin.plan, summaries, None, fin.lattice, fin.byref)
+    (``after``): fold the summaries into its record and commit its group, on the worker.
+    A chunk's failure (its summary's ``error``) fails the image and removes its group, now
+    that nothing of it runs any more."""
+    error = next((s["error"] for s in summaries if "error" in s), None)
+    rec = finish_image(path, fin.plan, summaries, error, fin.lattice, fin.byref)
     if rec.status == "complete" and fin.levels and rec.grid is not None:
         rec.extra["HighPS"] = max(level_grid(rec.grid, fin.levels).resolution)
     if rec.status == "complete":  # one write of the group's attributes: the commit
@@ -249,12 +251,7 @@ def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:
 
 
 def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "chunk task failed"
-    msg = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, ChunkReadError | ImageError):
-        return msg if isinstance(exc, ChunkReadError) else exc.reason
-    return f"{type(exc).__name__}: {msg}"
+    return "task failed" if exc is None else failure_reason(exc)
 
 
 def finish_image(

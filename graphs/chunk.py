@@ -350,7 +350,30 @@ def warp_chunk(job: ImageJob, i: int, j: int) -> tuple[np.ndarray, np.ndarray, i
 def ingest_chunk(job: ImageJob, i: int, j: int, *after: Any) -> dict[str, Any]:
     """Warp chunk (i, j) of ``job``'s image, write it to the store (unless the image is
     byref: ``job.write`` False), return its summary. ``after``: the results of tasks that
-    must run first (the image's template task)."""
+    must run first (the image's template task).
+
+    A chunk that cannot be made returns its failure (``error``) instead of raising: the
+    image's finish task then drops the image once every task of it has run. Raising would
+    fail the finish task at once, and the group would be removed while sibling chunk tasks
+    were still writing into it.
+    """
+    try:
+        return _ingest_chunk(job, i, j)
+    except Exception as exc:
+        return {"i": i, "j": j, "valid": 0, "error": failure_reason(exc)}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A task's failure as the image's catalog message: one line, no traceback."""
+    from engine.errors import ImageError
+
+    if isinstance(exc, ImageError):
+        return exc.reason
+    msg = str(exc).strip() or type(exc).__name__
+    return msg if isinstance(exc, ChunkReadError) else f"{type(exc).__name__}: {msg}"
+
+
+def _ingest_chunk(job: ImageJob, i: int, j: int) -> dict[str, Any]:
     block, valid, retries = warp_chunk(job, i, j)
     n_valid = int(valid.sum())
     summary: dict[str, Any] = {
