@@ -52,3 +52,23 @@ def moto_s3(buckets: Sequence[str] = ()) -> Iterator[S3Server]:
         yield S3Server(endpoint, env, client)
     finally:
         server.stop()
+
+
+@contextmanager
+def moto_s3_everywhere(client: Any, buckets: Sequence[str] = ()) -> Iterator[S3Server]:
+    """:func:`moto_s3` with its variables set in this process and on ``client``'s workers
+    (a worker reads them when it writes the store), and taken away after."""
+    import os
+
+    import pytest
+
+    with moto_s3(buckets) as server, pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env.items():
+            mp.setenv(k, v)
+        env = dict(server.env)
+        client.run(lambda: os.environ.update(env))  # a lambda runs with the worker's os
+        try:
+            yield server
+        finally:
+            keys = list(server.env)
+            client.run(lambda: [os.environ.pop(k, None) for k in keys])

@@ -28,7 +28,7 @@ from engine.items import ItemRegistry
 from engine.server import create_app
 from tests.conftest import write_raster
 from tests.loopback import free_port, serve, serve_command
-from tests.s3server import S3Server, moto_s3
+from tests.s3server import S3Server, moto_s3_everywhere
 from tests.test_cli import _script
 
 pytest.importorskip("moto.server", reason="moto[server] (test extra) is needed")
@@ -47,16 +47,8 @@ def _service(name: str) -> str:
 @pytest.fixture(scope="module")
 def s3(client) -> Iterator[S3Server]:
     """The server, its variables set in this process and on the cluster's workers."""
-    with moto_s3([BUCKET]) as server, pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-        env = dict(server.env)
-        client.run(lambda: os.environ.update(env))  # a lambda runs with the worker's os
-        try:
-            yield server
-        finally:
-            keys = list(server.env)
-            client.run(lambda: [os.environ.pop(k, None) for k in keys])
+    with moto_s3_everywhere(client, [BUCKET]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from engine.lock import LOCK_NAME, ObjectLock, StoreLock, store_lock
 from engine.update import add_images, remove_images
 from engine.verify import verify_collection
 from tests.conftest import write_raster
-from tests.s3server import S3Server, moto_s3
+from tests.s3server import S3Server, moto_s3_everywhere
 
 pytest.importorskip("moto.server", reason="moto[server] (test extra) is needed")
 pytest.importorskip("obstore", reason="obstore (a core dependency) is needed")
@@ -41,16 +41,8 @@ BUCKET = "collections"
 @pytest.fixture(scope="module")
 def s3(client) -> Iterator[S3Server]:
     """The server, its variables set in this process and on the cluster's workers."""
-    with moto_s3([BUCKET]) as server, pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-        env = dict(server.env)
-        client.run(lambda: os.environ.update(env))  # a lambda runs with the worker's os
-        try:
-            yield server
-        finally:
-            keys = list(server.env)
-            client.run(lambda: [os.environ.pop(k, None) for k in keys])
+    with moto_s3_everywhere(client, [BUCKET]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
