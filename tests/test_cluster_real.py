@@ -25,6 +25,7 @@ import pytest
 import zarr
 from distributed import Client
 
+from cluster.client import GDAL_WORKER_ENV
 from engine.synth import make_scenes
 from engine.verify import verify_collection
 
@@ -186,7 +187,7 @@ def test_workers_get_the_gdal_settings_and_the_cli_runs_on_the_scheduler(
             "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
             "GDAL_HTTP_MAX_RETRY": "5",
             "GDAL_HTTP_TIMEOUT": "60",
-            "GDAL_CACHEMAX": 64 * 1024 * 1024,  # rasterio reports GDAL's actual cache size
+            "GDAL_CACHEMAX": int(GDAL_WORKER_ENV["GDAL_CACHEMAX"]) * 2**20,  # GDAL's actual size
             "VSI_CACHE": "FALSE",
             "GDAL_HTTP_MULTIPLEX": "YES",
         }
@@ -350,10 +351,11 @@ def test_plugin_bounds_the_gdal_cache_of_a_worker_that_already_read_rasters(scen
     ):  # fmt: skip
         # a worker that has no GDAL settings: GDAL took its default, 5 % of RAM
         before = c.run(read_then_cache_size, on_error="raise")
-        assert all(v > 64 * 1024 * 1024 for v in before.values())
+        bounded = int(GDAL_WORKER_ENV["GDAL_CACHEMAX"]) * 2**20
+        assert all(v > bounded for v in before.values())
         c.register_plugin(GDALEnvPlugin())
         after = c.run(lambda: __import__("rasterio.env").env.get_gdal_config("GDAL_CACHEMAX"))
-        assert set(after.values()) == {64 * 1024 * 1024}
+        assert set(after.values()) == {bounded}
 
 
 def test_local_threads_keep_blas_to_one_thread_per_task():

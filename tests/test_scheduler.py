@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 from affine import Affine
 
+from cluster.client import GDAL_WORKER_ENV
 from engine import create_image_collection
 from tests.conftest import write_raster
 from tests.test_cli import run
@@ -46,7 +47,7 @@ def test_python_api_on_a_scheduler_address(client, tmp_path):
     assert result.exit_code == 0
     # the work ran on the cluster's workers, which got the GDAL settings by plugin
     env = client.run(lambda: __import__("os").environ.get("GDAL_CACHEMAX"))
-    assert set(env.values()) == {"64"}
+    assert set(env.values()) == {GDAL_WORKER_ENV["GDAL_CACHEMAX"]}
     # same pixels as on the engine's own local cluster
     local = create_image_collection(
         [str(f) for f in files],
