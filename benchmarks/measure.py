@@ -208,10 +208,18 @@ def run_command(
         sampler = _TreeSampler(proc.pid, interval)
         sampler.start()
         timed_out = threading.Event()
+        reaped = threading.Event()
 
         def on_timeout() -> None:
+            # signal only: this thread must not reap the child, wait4 below does
             timed_out.set()
-            _kill_tree(proc.pid)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    return
+                if reaped.wait(3.0):
+                    return
 
         timer = threading.Timer(timeout, on_timeout) if timeout is not None else None
         if timer is not None:
@@ -219,6 +227,7 @@ def run_command(
             timer.start()
         try:
             _, status, rusage = os.wait4(proc.pid, 0)
+            reaped.set()
         except BaseException:
             _kill_tree(proc.pid)
             raise

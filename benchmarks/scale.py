@@ -368,17 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         live.unlink(missing_ok=True)
         print(f"{tool}: {args.images} images ...", file=sys.stderr, flush=True)
         kwargs = {"tool": tool, "folder": str(folder), "store": str(store)}
-        try:
-            m = run_callable(
-                run_tool,
-                {**kwargs, "workers": args.workers, "live_path": str(live)},
-                name=tool,
-                timeout=args.timeout,
-                interval=0.5,  # the processes are sampled in the child; this is the tree total
-                log_path=WORK / f"log-{tool}.log",
-            )
-        except ChildProcessError:  # measure.py's timeout reaped the child before wait4 did
-            m = Measurement(tool, status="timeout", note=f"killed after {args.timeout:.0f} s")
+        m = run_callable(
+            run_tool,
+            {**kwargs, "workers": args.workers, "live_path": str(live)},
+            name=tool,
+            timeout=args.timeout,
+            interval=0.5,  # the processes are sampled in the child; this is the tree total
+            log_path=WORK / f"log-{tool}.log",
+        )
         rows.append(_row(tool, m, live))
         print(f"  {rows[-1]['status']} {rows[-1].get('partial', '')}", file=sys.stderr, flush=True)
     by_tool = {r["tool"]: r for r in rows}
