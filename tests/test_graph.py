@@ -77,3 +77,60 @@ def test_every_chunk_task_runs_after_its_image_template():
     for image_id, keys in outputs.items():
         (tk,) = [k for k, v in templates.items() if dsk[v[1]].image_id == image_id]
         assert all(dsk[key][-1] == tk for key in keys)
+
+
+def _ancestors(dsk: dict, key) -> set:
+    """Every key ``key``'s task depends on, directly or not."""
+    from dask.core import get_dependencies
+
+    seen: set = set()
+    todo = [key]
+    while todo:
+        for dep in get_dependencies(dsk, todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_an_image_is_finished_after_every_task_of_it():
+    """The finish task commits the image, or removes its group when a chunk failed: no task
+    of the image may still run then (a removed group would get chunks written into it)."""
+    from engine.compute import ImageFinish, _window_graph
+    from engine.records import CollectionInfo
+
+    srcs = []
+    for k in range(2):
+        g = Grid(UTM, Affine(10, 0, 500_000 + k * 9_000, 0, -10, 4_000_000), (1500, 1500))
+        part = SourcePart(f"/data/{k}.tif", (1,), ("b1",), g, "uint16", 0.0)
+        srcs.append(ImageSource(f"img{k}", f"img{k}", [f"/data/{k}.tif"], "Raster Dataset", [part]))
+    plan = plan_collection(srcs, out_crs=UTM, cell_size=10.0, tile=256)
+    frame = CollectionInfo("", UTM.to_wkt(), 10.0, 256, plan.lattice.origin)
+    items = []
+    for p in plan.images:
+        job = ImageJob(p.source.image_id, tuple(p.source.parts), p.grid, 256, p.dtype,
+                       p.nodata, "nearest", ("b1",), "/out.zarr")  # fmt: skip
+        items.append((job, ImageFinish(p, plan.lattice, frame, False, 2)))
+    dsk, chunks, finishes = _window_graph("/out.zarr", items, "run-1")
+    assert len(finishes) == 2
+    for fk, image_id in finishes.items():
+        before = _ancestors(dsk, fk)
+        (template,) = [k for k in before if str(k).startswith("mosaicflow-template-")
+                       and not str(k).endswith("-data") and not str(k).endswith("-attrs")]  # fmt: skip
+        # every task that runs after the image's template: its chunks, its overview levels
+        after = {k for k in dsk if template in _ancestors(dsk, k)} - {fk}
+        assert {k for k, i in chunks.items() if i == image_id} <= after
+        assert any("mosaicflow-overview" in str(k) for k in after)
+        assert after <= before  # the finish task runs after all of them
+
+
+def test_a_failed_chunk_reports_to_the_finish_task_instead_of_raising(tmp_path):
+    """Raised, the error would fail the image's finish task while sibling chunks still
+    run; returned, the finish task sees it after every task of the image (test above)."""
+    g = Grid(UTM, Affine(10, 0, 500_000, 0, -10, 4_000_000), (300, 300))
+    missing = str(tmp_path / "gone.tif")
+    part = SourcePart(missing, (1,), ("b1",), g, "uint16", 0.0)
+    job = ImageJob("gone", (part,), g, 256, "uint16", 0.0, "nearest", ("b1",), str(tmp_path))
+    summary = ingest_chunk(job, 0, 0)
+    assert summary["valid"] == 0 and "gone.tif" in summary["error"]
+    assert "Traceback" not in summary["error"]
