@@ -105,9 +105,14 @@ class ImageFinish:
 
     plan: ImagePlan
     lattice: Lattice
-    frame: CollectionInfo
     byref: bool
     levels: int  # overview levels (0: none)
+
+    @property
+    def frame(self) -> CollectionInfo:
+        """The collection frame the catalog record is written in."""
+        lat = self.lattice
+        return CollectionInfo("", lat.crs.to_wkt(), lat.cell_size, lat.tile_size, lat.origin)
 
 
 def finish_task(
@@ -119,32 +124,45 @@ def finish_task(
     that nothing of it runs any more."""
     error = next((s["error"] for s in summaries if "error" in s), None)
     rec = finish_image(path, fin.plan, summaries, error, fin.lattice, fin.byref)
-    if rec.status == "complete" and fin.levels and rec.grid is not None:
+    if rec.status != "complete":
+        return rec
+    if fin.levels and rec.grid is not None:
         rec.extra["HighPS"] = max(level_grid(rec.grid, fin.levels).resolution)
-    if rec.status == "complete":  # one write of the group's attributes: the commit
-        store.mark_image(path, rec.image_id, **_commit_attrs(rec, fin), status="complete")
+    attrs: dict[str, Any] = {
+        "checksum": rec.checksum,
+        "stats": [s.to_dict() for s in rec.stats],
+        "completed_at": rec.ingested_at.isoformat() if rec.ingested_at else None,
+    }
+    if fin.byref:  # the chunks a byvalue ingestion would have written: the others read as fill
+        held = [(s["i"], s["j"]) for s in summaries if s["valid"]]
+        attrs["written"] = chunk_bitmap(held, fin.plan.grid, fin.lattice.tile_size)
+    attrs["record"] = catalog.record_to_json(rec, fin.frame)  # engine.update reads it back
+    store.mark_image(path, rec.image_id, **attrs, status="complete")  # one write: the commit
     return rec
 
 
 def _window_graph(
-    path: str, items: list[tuple[ImageJob, ImageFinish]], run: str
+    path: str,
+    jobs: list[tuple[ImageJob, ImagePlan]],
+    lattice: Lattice,
+    run: str,
 ) -> tuple[dict[Any, Any], dict[Any, str], dict[Any, str]]:
     """The graph of one window: each image's template, chunk and overview tasks, then its
     finish task. Returns it with the image of each chunk key and of each finish key."""
-    dsk, outputs = build_ingest_graph(
-        [(job, fin.plan.chunks, _template(fin.plan, run)) for job, fin in items]
-    )
+    dsk, outputs = build_ingest_graph([(job, p.chunks, _template(p, run)) for job, p in jobs])
     chunk_image = {k: image_id for image_id, keys in outputs.items() for k in keys}
     finish_image_of: dict[Any, str] = {}
-    for job, fin in items:
-        if not fin.plan.chunks:
+    for job, p in jobs:
+        if not p.chunks:
             continue
-        after = []
+        after: list[Any] = []
+        levels = 0
         if job.write:  # byref images keep no pixels, so no overviews
-            top = add_overview_tasks(dsk, pyramid_job(job), job, fin.plan.chunks)
-            after = [top] if top is not None else []
+            pyr = pyramid_job(job)
+            top = add_overview_tasks(dsk, pyr, job, p.chunks)
+            after, levels = ([top], pyr.levels) if top is not None else ([], 0)
         fk = f"mosaicflow-finish-{tokenize(job)}"
-        dsk[f"{fk}-data"] = fin
+        dsk[f"{fk}-data"] = ImageFinish(p, lattice, not job.write, levels)
         dsk[fk] = (finish_task, path, f"{fk}-data", list(outputs[job.image_id]), *after)
         finish_image_of[fk] = job.image_id
     return dsk, chunk_image, finish_image_of
@@ -176,7 +194,6 @@ def compute_images(
     # uncompressed output bytes of each chunk task: the progress line's MB/s and ETA
     total_chunks = sum(len(p.chunks) for p in todo)
     total_bytes = sum(_chunk_nbytes(p, tile, i, j) for p in todo for i, j in p.chunks)
-    frame = CollectionInfo("", lat.crs.to_wkt(), lat.cell_size, tile, lat.origin)
     finished: dict[str, ImageRecord] = {}
     run = uuid.uuid4().hex  # marks the templates this run wrote (graphs/templates.py)
 
@@ -195,14 +212,11 @@ def compute_images(
         if nxt is None:
             return False
         k, plans_k = nxt
-        items = []
+        jobs = [(image_job(p, path, plan, resampling, warp_tolerance, byref), p) for p in plans_k]
         for p in plans_k:
-            job = image_job(p, path, plan, resampling, warp_tolerance, byref)
-            levels = pyramid_job(job).levels if job.write else 0
-            items.append((job, ImageFinish(p, lat, frame, byref, levels)))
             if not p.chunks:  # no chunk holds data: fails with the reason, nothing to run
                 failed(p.source.image_id, None)
-        dsk, chunks, finishes = _window_graph(path, items, run)
+        dsk, chunks, finishes = _window_graph(path, jobs, lat, run)
         chunk_of.update(chunks)
         finish_of.update(finishes)
         keys = [*chunks, *finishes]
@@ -220,7 +234,8 @@ def compute_images(
         image_id = finish_of.pop(fut.key, None)
         if image_id is not None:  # the image's record, or the first error of its tasks
             if fut.status == "error":
-                failed(image_id, _describe(fut.exception()))
+                exc = fut.exception()
+                failed(image_id, failure_reason(exc) if exc else "task failed")
             else:
                 finished[image_id] = fut.result()
         else:  # a chunk done: progress only (its summary goes to the finish task)
@@ -248,10 +263,6 @@ def _chunk_nbytes(p: ImagePlan, tile: int, i: int, j: int) -> int:
     h = min(tile, p.grid.height - i * tile)
     w = min(tile, p.grid.width - j * tile)
     return h * w * len(p.source.band_names) * np.dtype(p.dtype).itemsize
-
-
-def _describe(exc: BaseException | None) -> str:
-    return "task failed" if exc is None else failure_reason(exc)
 
 
 def finish_image(
@@ -293,10 +304,6 @@ def finish_image(
         # the coarse mask overshoots by up to a mask cell: trim it to the coverage
         fp_native = fp_native.intersection(p.coverage.buffer(lattice.cell_size))
     fp_wgs84 = footprint.to_wgs84_footprint(fp_native, lattice.crs)
-    extra = dict(src.extra) | ({"read_retries": retries} if retries else {})
-    if byref:  # the chunks a byvalue ingestion would have written: the others read as fill
-        held = [(s["i"], s["j"]) for s in summaries if s["valid"]]
-        extra["written"] = chunk_bitmap(held, p.grid, lattice.tile_size)
     return ImageRecord(
         image_id=src.image_id,
         name=src.name,
@@ -322,21 +329,8 @@ def finish_image(
         sun_elevation=src.sun_elevation,
         sun_azimuth=src.sun_azimuth,
         ingested_at=now,
-        extra=extra,
+        extra=dict(src.extra) | ({"read_retries": retries} if retries else {}),
     )
-
-
-def _commit_attrs(rec: ImageRecord, fin: ImageFinish) -> dict[str, Any]:
-    """The group attributes that commit a complete image (engine.update reads them back)."""
-    attrs: dict[str, Any] = {
-        "checksum": rec.checksum,
-        "stats": [s.to_dict() for s in rec.stats],
-        "completed_at": rec.ingested_at.isoformat() if rec.ingested_at else None,
-    }
-    if "written" in rec.extra:
-        attrs["written"] = rec.extra.pop("written")
-    attrs["record"] = catalog.record_to_json(rec, fin.frame)
-    return attrs
 
 
 def _assemble_mask(

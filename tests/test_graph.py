@@ -96,8 +96,7 @@ def _ancestors(dsk: dict, key) -> set:
 def test_an_image_is_finished_after_every_task_of_it():
     """The finish task commits the image, or removes its group when a chunk failed: no task
     of the image may still run then (a removed group would get chunks written into it)."""
-    from engine.compute import ImageFinish, _window_graph
-    from engine.records import CollectionInfo
+    from engine.compute import _window_graph
 
     srcs = []
     for k in range(2):
@@ -105,13 +104,12 @@ def test_an_image_is_finished_after_every_task_of_it():
         part = SourcePart(f"/data/{k}.tif", (1,), ("b1",), g, "uint16", 0.0)
         srcs.append(ImageSource(f"img{k}", f"img{k}", [f"/data/{k}.tif"], "Raster Dataset", [part]))
     plan = plan_collection(srcs, out_crs=UTM, cell_size=10.0, tile=256)
-    frame = CollectionInfo("", UTM.to_wkt(), 10.0, 256, plan.lattice.origin)
-    items = []
+    jobs = []
     for p in plan.images:
         job = ImageJob(p.source.image_id, tuple(p.source.parts), p.grid, 256, p.dtype,
                        p.nodata, "nearest", ("b1",), "/out.zarr")  # fmt: skip
-        items.append((job, ImageFinish(p, plan.lattice, frame, False, 2)))
-    dsk, chunks, finishes = _window_graph("/out.zarr", items, "run-1")
+        jobs.append((job, p))
+    dsk, chunks, finishes = _window_graph("/out.zarr", jobs, plan.lattice, "run-1")
     assert len(finishes) == 2
     for fk, image_id in finishes.items():
         before = _ancestors(dsk, fk)
