@@ -50,7 +50,7 @@ from engine import storage
 from engine.footprint import to_wgs84_footprint
 from engine.grid import Grid
 from engine.records import BandStats, CollectionInfo, ImageRecord
-from engine.store import atomic_write
+from engine.storage import atomic_write
 
 CATALOG_FORMAT_VERSION = "1"
 GEOMETRY_COLUMN = "footprint"

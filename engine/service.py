@@ -40,7 +40,7 @@ from engine.catalog import (
 )
 from engine.records import BandStats, CollectionInfo, ImageRecord
 from engine.spatialref import to_esri_spatial_reference
-from engine.store import atomic_write
+from engine.storage import write_bytes
 
 CURRENT_VERSION = 11.3
 DESCRIPTOR_FORMAT_VERSION = 1
@@ -328,4 +328,4 @@ def write_descriptor(path: str | Path, descriptor: dict[str, Any]) -> None:
     Raises ``ValueError`` on NaN or infinite numbers, which JSON cannot carry.
     """
     data = json.dumps(descriptor, indent=2, allow_nan=False).encode()
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes(path, data)

@@ -63,9 +63,6 @@ _MULTISCALES = {
 }
 
 
-atomic_write = storage.atomic_write  # callers write catalog and descriptor through it
-
-
 def store_path(store: str | os.PathLike[str]) -> str:
     """The store location as a string (local path or URL) without a trailing slash."""
     return str(store).rstrip("/")
