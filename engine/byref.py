@@ -174,7 +174,7 @@ def create_group(
 ) -> None:
     """The byref image's group: grid attributes and the warp recipe, no arrays.
 
-    Written with status ``writing``; :func:`engine.store.mark_image` commits it later.
+    Written with status ``writing``; :func:`engine.store.commit_image` commits it later.
     """
     group = zarr.open_group(
         storage.zarr_store(store.image_group_path(path, image_id)), mode="w", zarr_format=3

@@ -137,7 +137,7 @@ def finish_task(
         held = [(s["i"], s["j"]) for s in summaries if s["valid"]]
         attrs["written"] = chunk_bitmap(held, fin.plan.grid, fin.lattice.tile_size)
     attrs["record"] = catalog.record_to_json(rec, fin.frame)  # engine.update reads it back
-    store.mark_image(path, rec.image_id, **attrs, status="complete")  # one write: the commit
+    store.commit_image(path, rec.image_id, rec.band_names, **attrs)
     return rec
 
 

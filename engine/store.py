@@ -13,7 +13,8 @@ writes its metadata and coordinates (no pixels); chunk tasks then fill whole chu
 task per chunk, so no two writers ever touch one chunk. An image is complete only when its
 group attribute ``mosaicflow.status`` says so, which its finish task sets after every chunk
 and overview task of the image succeeded: a reader never mistakes a half-written image for
-a finished one. The metadata is not consolidated: the catalog is the index.
+a finished one. The root's metadata is not consolidated (the catalog is the index); each
+image's is, in its own group at its commit, so its bands open in band order in one read.
 
 The store is a local directory or an object-store prefix (``s3://bucket/c.zarr``): every
 access to its location goes through engine.storage.
@@ -21,7 +22,9 @@ access to its location goes through engine.storage.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -384,13 +387,42 @@ def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] |
 
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
-    """Update an image group's ``mosaicflow`` attributes (status last: it is the commit)."""
-    g = zarr.open_group(
-        storage.zarr_store(image_group_path(store, image_id)), mode="r+", zarr_format=3
-    )
-    current = _mosaicflow_attrs(g)
-    current.update(meta)
-    g.attrs["mosaicflow"] = current
+    """Update an image group's ``mosaicflow`` attributes (status last: it is the commit).
+    One rewrite of its ``zarr.json`` that keeps the rest of the document as it is (zarr
+    would re-sort the members :func:`commit_image` put in band order)."""
+    key = storage.join(image_group_path(store, image_id), "zarr.json")
+    _write_group_doc(key, json.loads(storage.read_bytes(key)), meta)
+
+
+def _write_group_doc(key: str, doc: dict[str, Any], meta: dict[str, Any]) -> None:
+    attrs = doc.setdefault("attributes", {})
+    attrs["mosaicflow"] = {**attrs.get("mosaicflow", {}), **meta}
+    storage.write_bytes(key, json.dumps(doc, indent=2).encode())
+
+
+def commit_image(
+    store: str | os.PathLike[str], image_id: str, order: Sequence[str], **meta: Any
+) -> None:
+    """Commit a written image group: its ``mosaicflow`` attributes with ``status``
+    complete, and its members' metadata consolidated inline in its ``zarr.json`` with the
+    names in ``order`` (its bands) first at every level, so xarray lists the bands in band
+    order (a directory listing has no order) and opens the image in one read.
+
+    zarr consolidates first (the group still says ``writing``); the commit is the one
+    rewrite of that document that reorders it and sets the status.
+    """
+    group = image_group_path(store, image_id)
+    zarr.consolidate_metadata(storage.zarr_store(group), zarr_format=3)
+    key = storage.join(group, "zarr.json")
+    doc = json.loads(storage.read_bytes(key))
+    rank = {name: k for k, name in enumerate(order)}
+
+    def position(path: str) -> tuple[tuple[int, int, str], ...]:
+        return tuple((0, rank[c], "") if c in rank else (1, 0, c) for c in path.split("/"))
+
+    members = doc["consolidated_metadata"]["metadata"]
+    doc["consolidated_metadata"]["metadata"] = {p: members[p] for p in sorted(members, key=position)}
+    _write_group_doc(key, doc, {**meta, "status": "complete"})
 
 
 def remove_image(store: str | os.PathLike[str], image_id: str) -> None:

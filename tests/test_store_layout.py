@@ -84,7 +84,7 @@ def coll(client, tmp_path_factory):
         shape=(150, 170),
         dtype="uint16",
         nodata=0,
-        bands=2,
+        bands=11,  # b1..b11: neither a directory listing nor sorting gives band order
         seed=1,
     )
     f32 = write_raster(
@@ -148,6 +148,30 @@ def test_root_metadata_does_not_grow_with_the_images(coll, tmp_path):
     assert "consolidated_metadata" not in json.loads((old / "zarr.json").read_text())
     tree = open_collection(old).datatree()
     assert len(tree["images"].children) == 1
+
+
+def test_image_groups_open_in_band_order_from_their_own_metadata(coll, recwarn):
+    """Each image group carries its members' metadata (consolidated at its commit, bands in
+    band order at every level): xarray lists b1..b11 in order, opening it reads one
+    document and warns about nothing, and it holds what zarr's own consolidation holds."""
+    for rec in coll.complete:
+        group = Path(coll.store) / "images" / rec.image_id
+        doc = json.loads((group / "zarr.json").read_text())
+        assert doc["attributes"]["mosaicflow"]["status"] == "complete"
+        inline = doc["consolidated_metadata"]["metadata"]
+        assert [k for k in inline if k in rec.band_names] == rec.band_names
+        for level in ("overviews/1", "overviews/2"):
+            names = [k.rsplit("/", 1)[1] for k in inline if k.startswith(level + "/")]
+            assert [n for n in names if n in rec.band_names] == rec.band_names
+        copy = Path(coll.store).parent / f"zarr-consolidated-{rec.image_id}"
+        shutil.copytree(group, copy)
+        zarr.consolidate_metadata(str(copy))
+        theirs = json.loads((copy / "zarr.json").read_text())["consolidated_metadata"]
+        assert dict(sorted(theirs["metadata"].items())) == dict(sorted(inline.items()))
+        ds = xr.open_zarr(group)
+        assert list(ds.data_vars) == rec.band_names
+        assert not [w for w in recwarn if "consolidated" in str(w.message)]
+    assert any(len(rec.band_names) == 11 for rec in coll.complete)
 
 
 def test_images_open_with_rioxarray_georeferenced(coll):
