@@ -421,7 +421,9 @@ def commit_image(
         return tuple((0, rank[c], "") if c in rank else (1, 0, c) for c in path.split("/"))
 
     members = doc["consolidated_metadata"]["metadata"]
-    doc["consolidated_metadata"]["metadata"] = {p: members[p] for p in sorted(members, key=position)}
+    doc["consolidated_metadata"]["metadata"] = {
+        p: members[p] for p in sorted(members, key=position)
+    }
     _write_group_doc(key, doc, {**meta, "status": "complete"})
 
 
