@@ -14,8 +14,9 @@ worker processes (18.6 s against 23.9 s) at half the memory (548 against 1032 Mi
 (``mosaicflow create --processes``) starts one single-threaded worker process per slot
 instead, which isolates GDAL per process as a real cluster does.
 
-Workers get GDAL settings through :class:`GDALEnvPlugin`, registered on every cluster
-this module hands out (local or external), never by hand.
+Workers get GDAL settings through :class:`GDALEnvPlugin`, and worker processes an
+allocator that reuses chunk buffers (:class:`cluster.allocator.AllocatorPlugin`), both
+registered on every cluster this module hands out (local or external), never by hand.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+
+from cluster.allocator import AllocatorPlugin
 
 _MB = 1024 * 1024
 
@@ -280,3 +283,4 @@ def dashboard_link(client: Client) -> str | None:
 
 def _register(client: Client) -> None:
     client.register_plugin(GDALEnvPlugin())
+    client.register_plugin(AllocatorPlugin())
