@@ -11,8 +11,8 @@ from cluster.client import (
 )
 
 __all__ = [
-    "AllocatorPlugin",
     "GDAL_WORKER_ENV",
+    "AllocatorPlugin",
     "GDALEnvPlugin",
     "apply_gdal_env",
     "dashboard_link",
