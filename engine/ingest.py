@@ -282,18 +282,19 @@ def _run(
             planned = {p.source.image_id for p in plan.images}
             records = [r for r in records if r.image_id in planned]
         failed = [f for f in failed if f.image_id not in done]  # complete ones stay complete
-        dashboard = None
+        dashboard, computed = None, []
         if todo:
             c = cluster()
             dashboard = dashboard_link(c)
             _report(progress, stage="compute", dashboard=dashboard)
             report = functools.partial(_report, progress)
-            records += compute_images(
+            computed = compute_images(
                 c, path, plan, todo, request, report, warp_tolerance, byref, window_chunks
             )
-        records += failed
+        records += computed + failed
         records.sort(key=lambda r: r.image_id)
-        commit(path, info, records, replace_all=on_existing != "add")
+        recorded = {r.image_id for r in computed}  # their finish tasks committed the record
+        commit(path, info, records, replace_all=on_existing != "add", recorded=recorded)
     return IngestResult(
         path, name, records, list(request.warnings), dashboard, time.perf_counter() - t0
     )

@@ -377,14 +377,16 @@ def _cf_grid_mapping(grid: Grid) -> dict[str, Any]:
 
 
 def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] | None:
-    """The ``mosaicflow`` attributes of an image group, or None when it does not exist."""
+    """The ``mosaicflow`` attributes of an image group, or None when it does not exist.
+    Read from its ``zarr.json`` alone: zarr would parse every member's consolidated
+    metadata first (3 ms against 0.3 ms an image, at every resume and commit)."""
+    key = storage.join(image_group_path(store, image_id), "zarr.json")
     try:
-        g = zarr.open_group(
-            storage.zarr_store(image_group_path(store, image_id)), mode="r", zarr_format=3
-        )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        doc = json.loads(storage.read_bytes(key))
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return _mosaicflow_attrs(g)
+    meta = doc.get("attributes", {}).get("mosaicflow", {})
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:

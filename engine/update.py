@@ -24,7 +24,7 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,7 @@ def commit(
     *,
     replace_all: bool,
     remove: Iterable[str] = (),
+    recorded: Collection[str] = (),
 ) -> list[ImageRecord]:
     """Publish ``records`` into the collection's catalog, STAC and descriptor.
 
@@ -322,6 +323,8 @@ def commit(
     same image ids replaced and ``remove`` dropped, and images a killed writer committed
     but never listed are adopted (its finished work is not lost). Groups the new catalog
     does not list are deleted afterwards, as are temporary files a killed writer left.
+    ``recorded``: image ids whose groups hold their record already (this run's finish
+    tasks wrote it with the commit); every other complete image gets it here.
 
     Returns
     -------
@@ -331,9 +334,9 @@ def commit(
     if not storage.is_remote(path):  # an object store's single PUTs leave no temporaries
         _sweep_temporaries(Path(path))
     for rec in records:  # each finished image keeps its record: a crash below loses none
-        if rec.status == "complete" and "record" not in (
-            store.image_meta(path, rec.image_id) or {}
-        ):
+        if rec.status != "complete" or rec.image_id in recorded:
+            continue
+        if "record" not in (store.image_meta(path, rec.image_id) or {}):
             store.mark_image(path, rec.image_id, record=catalog.record_to_json(rec, info))
     cat = storage.join(path, "catalog.parquet")
     has_catalog = storage.exists(cat)
