@@ -6,13 +6,13 @@ for the run and closed after it.
 
 The local cluster is sized from the machine and ``parallelProcessingFactor`` (see
 :func:`local_cluster_size`). By default it is one worker with one *thread* per slot, in
-this process: the chunk task spends its time in GDAL, the numba kernel, zstd and numpy,
-which all release the GIL, so processes only add interpreter copies, pickling and one GDAL
-block cache each. Measured on the W8 benchmark (8 × 4096² scenes, 2 cores; figures in
-the README and ``python -m benchmarks.cluster_scaling``): two threads are faster than two
-worker processes (18.6 s against 23.9 s) at half the memory (548 against 1032 MiB). ``processes=True``
-(``mosaicflow create --processes``) starts one single-threaded worker process per slot
-instead, which isolates GDAL per process as a real cluster does.
+this process: half the memory of worker processes, and a script needs no ``__main__``
+guard. ``processes=True`` (``mosaicflow create --processes``) starts one single-threaded
+worker process per slot instead, which isolates GDAL per process as a real cluster does
+and scales further: a thread holds the GIL about 23 % of its time, so threads stop near
+4× whatever the cores. Measured on the W8 benchmark (8 × 4096², 2 cores; the README and
+``python -m benchmarks.cluster_scaling``): 2 threads 18.0 s at 511 MiB, 2 worker processes
+15.9 s at 1201 MiB.
 
 Workers get GDAL settings through :class:`GDALEnvPlugin`, and worker processes an
 allocator that reuses chunk buffers (:class:`cluster.allocator.AllocatorPlugin`), both
