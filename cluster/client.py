@@ -42,8 +42,8 @@ _MB = 1024 * 1024
 # can override any of them with its own environment). Why each one:
 GDAL_WORKER_ENV = {
     # Block cache per process, in MB. GDAL's default is 5 % of RAM *per process*; bounded,
-    # worker memory stays flat. 32 MB: a 32768² scene then peaks at 0.99× a 4096² one's
-    # worker memory (1.09× with 64 MB), and W8 runs as fast (benchmarks/README.md).
+    # the cache stays flat. 32 MB: a 32768² scene peaked at 0.99× a 4096² one's worker
+    # memory (1.09× with 64 MB), and W8 runs as fast (benchmarks/README.md).
     # Read once, when GDAL first needs its cache: the plugin sets it before a worker's
     # first task.
     "GDAL_CACHEMAX": "32",
