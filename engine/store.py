@@ -26,6 +26,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -415,6 +416,7 @@ def commit_image(
     rewrite of that document that reorders it and sets the status.
     """
     group = image_group_path(store, image_id)
+    _sweep_partial_chunks(group)
     with warnings.catch_warnings():  # "not part of the Zarr v3 spec": known, and inline
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
         zarr.consolidate_metadata(storage.zarr_store(group), zarr_format=3)
@@ -430,6 +432,18 @@ def commit_image(
         p: members[p] for p in sorted(members, key=position)
     }
     _write_group_doc(key, doc, {**meta, "status": "complete"})
+
+
+def _sweep_partial_chunks(group: str) -> None:
+    """Delete the temporary files of chunk writes a killed worker left in a local group.
+
+    zarr writes a local chunk to ``<key>.<uuid>.partial`` and renames it into place; a
+    worker killed in between leaves that file, and Dask's re-run writes the chunk anew.
+    An object store's PUT leaves nothing behind."""
+    if storage.is_remote(group):
+        return
+    for leftover in Path(group).rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
 
 
 def remove_image(store: str | os.PathLike[str], image_id: str) -> None:

@@ -399,3 +399,24 @@ def test_image_template_is_what_xarray_writes(tmp_path, dtype, nodata, band_attr
     back = xr.open_zarr(mine / "images" / "i1", consolidated=False)
     assert back["b1"].attrs.get("grid_mapping") == "spatial_ref"
     assert np.array_equal(back.x.values, grid.coords()[0])
+
+
+def test_commit_sweeps_the_partial_chunk_files_of_a_killed_writer(tmp_path):
+    """zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it: a worker killed in
+    between leaves that file behind (tests/test_cluster_real.py kills one), and the
+    image's commit removes it, keeping the chunks."""
+    from engine import store
+    from engine.grid import Grid
+
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500_000, 0, -10, 4_650_000), (600, 600))
+    store.create_image_template(tmp_path, "i1", grid, ["b1"], "uint8", 0.0, 512)
+    group = tmp_path / "images" / "i1"
+    arr = zarr.open_array(str(group / "b1"), mode="r+")
+    arr[:512, :512] = 7
+    chunk = group / "b1" / "c" / "0" / "0"
+    leftover = chunk.with_name("1.9f1c2e.partial")
+    leftover.write_bytes(b"half a chunk")
+    store.commit_image(tmp_path, "i1", ["b1"], checksum="x")
+    assert not leftover.exists() and chunk.exists()
+    assert store.image_meta(tmp_path, "i1")["status"] == "complete"
+    assert int(zarr.open_array(str(group / "b1"), mode="r")[0, 0]) == 7
