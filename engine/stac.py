@@ -28,6 +28,7 @@ then stale items are deleted: the collection a reader opens always has its items
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import posixpath
 import shutil
@@ -43,7 +44,6 @@ from pystac.extensions.eo import EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
 from pystac.extensions.view import ViewExtension
-from pystac.layout import CustomLayoutStrategy
 from shapely.geometry import mapping
 
 from engine import storage
@@ -181,8 +181,8 @@ def build_collection(
     *,
     description: str | None = None,
     license: str = "other",
-) -> pystac.Collection:
-    """The STAC collection with one item per complete image (not yet given hrefs)."""
+) -> tuple[pystac.Collection, list[pystac.Item]]:
+    """The STAC collection and its items, one per complete image (no links yet)."""
     items = [
         build_item(r, info, store_href)
         for r in records
@@ -225,8 +225,41 @@ def build_collection(
     coll.summaries.add("gsd", [info.cell_size])
     coll.extra_fields["mosaicflow:collection_type"] = info.collection_type
     coll.extra_fields["mosaicflow:tile_size"] = info.tile_size
-    coll.add_items(items)
-    return coll
+    return coll, items
+
+
+def stac_documents(
+    records: list[ImageRecord],
+    info: CollectionInfo,
+    store_href: str,
+    catalog_href: str,
+    *,
+    description: str | None = None,
+    license: str = "other",
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The JSON of ``collection.json`` and of each ``items/<id>.json`` (by file name),
+    every link relative: a self-contained catalog, as pystac saves one.
+
+    pystac builds every object; the links are set here, not by ``normalize_hrefs`` and
+    ``save``: those look up the root's self link through its item links once per item,
+    O(n²) in the items (83 s for 10,000 items).
+    """
+    coll, items = build_collection(
+        records, info, store_href, catalog_href, description=description, license=license
+    )
+    up = [("root", info.name), ("collection", info.name), ("parent", info.name)]
+    item_docs: dict[str, dict[str, Any]] = {}
+    for item in items:
+        item.clear_links()
+        for rel, title in up:
+            item.add_link(pystac.Link(rel, "../collection.json", pystac.MediaType.JSON, title))
+        item.collection_id = info.name
+        item_docs[f"{item.id}.json"] = item.to_dict(include_self_link=False, transform_hrefs=False)
+    coll.clear_links()
+    coll.add_link(pystac.Link("root", "./collection.json", pystac.MediaType.JSON, info.name))
+    for name in item_docs:
+        coll.add_link(pystac.Link("item", f"./items/{name}", pystac.MediaType.GEOJSON))
+    return coll.to_dict(include_self_link=False, transform_hrefs=False), item_docs
 
 
 def _spatial_extent(items: list[pystac.Item]) -> list[float]:
@@ -249,7 +282,7 @@ def write_stac(
     *,
     description: str | None = None,
     license: str = "other",
-) -> pystac.Collection:
+) -> None:
     """Write the self-contained STAC tree of a collection, atomically.
 
     Parameters
@@ -269,55 +302,43 @@ def write_stac(
     description, license:
         Collection description (default derived from the name) and SPDX license id.
 
-    Returns
-    -------
-    pystac.Collection
-        The collection as written.
-
     Examples
     --------
     >>> write_stac(store / "stac", records, info, "..", "../catalog.parquet")  # doctest: +SKIP
     """
-    coll = build_collection(
+    collection, items = stac_documents(
         records, info, store_href, catalog_href, description=description, license=license
     )
-    layout = CustomLayoutStrategy(
-        item_func=lambda item, parent_dir: posixpath.join(parent_dir, "items", f"{item.id}.json")
-    )
     if storage.is_remote(stac_dir):
-        _upload_tree(coll, layout, str(stac_dir))
-        coll.normalize_hrefs(str(stac_dir), strategy=layout)
-        return coll
+        _upload_tree(collection, items, str(stac_dir))
+        return
     stac_dir = Path(stac_dir)
     stac_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stac_dir.name}.", suffix=".tmp", dir=stac_dir.parent))
     try:
-        coll.normalize_hrefs(str(tmp), strategy=layout)
-        coll.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, dest_href=str(tmp))
+        (tmp / "items").mkdir()
+        for name, doc in items.items():
+            (tmp / "items" / name).write_bytes(_json(doc))
+        (tmp / "collection.json").write_bytes(_json(collection))
         _swap_dir(tmp, stac_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    coll.normalize_hrefs(str(stac_dir), strategy=layout)
-    return coll
 
 
-def _upload_tree(coll: pystac.Collection, layout: CustomLayoutStrategy, target: str) -> None:
+def _json(doc: dict[str, Any]) -> bytes:
+    # one line: an indent makes json fall back from its C encoder (10x slower at 10k items)
+    return json.dumps(doc).encode()
+
+
+def _upload_tree(collection: dict[str, Any], items: dict[str, dict[str, Any]], target: str) -> None:
     """The object-store form of the swap: an object store has no directory rename, so the
-    tree is saved locally, its items are PUT first, ``collection.json`` last (one PUT:
-    readers start from it, and every item it links is there by then), then the items the
-    new collection no longer links are deleted."""
-    with tempfile.TemporaryDirectory(prefix=".stac.") as tmp:
-        coll.normalize_hrefs(tmp, strategy=layout)
-        coll.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, dest_href=tmp)
-        items = sorted(p.name for p in (Path(tmp) / "items").glob("*.json"))
-        for name in items:
-            storage.write_bytes(
-                storage.join(target, "items", name), (Path(tmp) / "items" / name).read_bytes()
-            )
-        storage.write_bytes(
-            storage.join(target, "collection.json"), (Path(tmp) / "collection.json").read_bytes()
-        )
+    items are PUT first, ``collection.json`` last (one PUT: readers start from it, and
+    every item it links is there by then), then the items it no longer links are
+    deleted."""
+    for name, doc in items.items():
+        storage.write_bytes(storage.join(target, "items", name), _json(doc))
+    storage.write_bytes(storage.join(target, "collection.json"), _json(collection))
     for name in set(storage.children(storage.join(target, "items"))) - set(items):
         storage.delete_file(storage.join(target, "items", name))
 

@@ -223,10 +223,16 @@ def test_rewrite_is_atomic_swap(tmp_path, collection, monkeypatch):
     write_stac(stac, records[:1], info, "..", "../catalog.parquet")
     assert sorted(p.name for p in (stac / "items").iterdir()) == ["img1.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stac"]  # no temp dir left
-    # a failure while writing leaves the previous tree in place
-    monkeypatch.setattr(
-        pystac.Collection, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("full"))
-    )
+    # a failure while writing (the disk full at the second item) leaves the previous tree
+    real, written = Path.write_bytes, []
+
+    def fill_up(self, data):
+        if written:
+            raise OSError("full")
+        written.append(self)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fill_up)
     with pytest.raises(OSError, match="full"):
         write_stac(stac, records, info, "..", "../catalog.parquet")
     assert sorted(p.name for p in (stac / "items").iterdir()) == ["img1.json"]
