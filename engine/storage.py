@@ -386,6 +386,24 @@ def children(location: str | os.PathLike[str]) -> list[str]:
     return sorted(set(names))
 
 
+def etags(location: str | os.PathLike[str]) -> dict[str, str]:
+    """The entity tags of the objects directly under a prefix, by name, unquoted (one
+    listing); empty for a local directory. A single PUT's tag is its content's MD5 on S3
+    and its emulators, so a writer can skip what is there already."""
+    s = os.fspath(location)
+    if not is_remote(s):
+        return {}
+    import obstore
+
+    client, key = _remote(s)
+    found = obstore.list_with_delimiter(client, prefix=f"{key}/" if key else None)
+    return {
+        o["path"].rsplit("/", 1)[-1]: str(o["e_tag"]).strip('"')
+        for o in found["objects"]
+        if o.get("e_tag")
+    }
+
+
 def list_tree(location: str | os.PathLike[str]) -> list[str]:
     """Every file under a directory or prefix, as ``/``-separated paths relative to it."""
     s = os.fspath(location)

@@ -141,11 +141,18 @@ def test_add_and_remove_on_s3(s3, inputs, local, client):
     uri = f"s3://{BUCKET}/living.zarr"
     first = create_image_collection([inputs["r0"]], image_collection=uri, client=client)
     assert first.exit_code == 0
+    r0_item = f"living.zarr/stac/items/{first.complete[0].image_id}.json"
+    before = s3.client.head_object(Bucket=BUCKET, Key=r0_item)["LastModified"]
+    time.sleep(1.1)  # LastModified has one-second resolution
     added = add_images(uri, [inputs["r1"]], client=client)
     assert [r.name for r in added.complete] == ["r1"]
     rows = _rows(open_collection(uri))
     assert {n: r["ObjectID"] for n, r in rows.items()} == {"r0": 1, "r1": 2}
     assert rows["r1"]["checksum"] == _rows(local)["r1"]["checksum"]
+    # the add PUT r1's STAC item and the collection, not r0's unchanged item again
+    assert s3.client.head_object(Bucket=BUCKET, Key=r0_item)["LastModified"] == before
+    collection_doc = json.loads(storage.read_bytes(f"{uri}/stac/collection.json"))
+    assert len([ln for ln in collection_doc["links"] if ln["rel"] == "item"]) == 2
 
     gone = rows["r0"]["image_id"]
     assert remove_images(uri, [gone]) == [gone]
