@@ -230,13 +230,7 @@ def build_collection(
 
 
 def stac_documents(
-    records: list[ImageRecord],
-    info: CollectionInfo,
-    store_href: str,
-    catalog_href: str,
-    *,
-    description: str | None = None,
-    license: str = "other",
+    coll: pystac.Collection, items: list[pystac.Item]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The JSON of ``collection.json`` and of each ``items/<id>.json`` (by file name),
     every link relative: a self-contained catalog, as pystac saves one.
@@ -245,21 +239,18 @@ def stac_documents(
     ``save``: those look up the root's self link through its item links once per item,
     O(n²) in the items (83 s for 10,000 items).
     """
-    coll, items = build_collection(
-        records, info, store_href, catalog_href, description=description, license=license
-    )
-    up = [("root", info.name), ("collection", info.name), ("parent", info.name)]
+    name = coll.id
     item_docs: dict[str, dict[str, Any]] = {}
     for item in items:
         item.clear_links()
-        for rel, title in up:
-            item.add_link(pystac.Link(rel, "../collection.json", pystac.MediaType.JSON, title))
-        item.collection_id = info.name
+        for rel in ("root", "collection", "parent"):
+            item.add_link(pystac.Link(rel, "../collection.json", pystac.MediaType.JSON, name))
+        item.collection_id = name
         item_docs[f"{item.id}.json"] = item.to_dict(include_self_link=False, transform_hrefs=False)
     coll.clear_links()
-    coll.add_link(pystac.Link("root", "./collection.json", pystac.MediaType.JSON, info.name))
-    for name in item_docs:
-        coll.add_link(pystac.Link("item", f"./items/{name}", pystac.MediaType.GEOJSON))
+    coll.add_link(pystac.Link("root", "./collection.json", pystac.MediaType.JSON, name))
+    for file_name in item_docs:
+        coll.add_link(pystac.Link("item", f"./items/{file_name}", pystac.MediaType.GEOJSON))
     return coll.to_dict(include_self_link=False, transform_hrefs=False), item_docs
 
 
@@ -308,7 +299,9 @@ def write_stac(
     >>> write_stac(store / "stac", records, info, "..", "../catalog.parquet")  # doctest: +SKIP
     """
     collection, items = stac_documents(
-        records, info, store_href, catalog_href, description=description, license=license
+        *build_collection(
+            records, info, store_href, catalog_href, description=description, license=license
+        )
     )
     if storage.is_remote(stac_dir):
         _upload_tree(collection, items, str(stac_dir))
