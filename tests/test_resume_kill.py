@@ -54,15 +54,22 @@ if point == "probing":
         return probe(*a, **k)
     rd.probe = killing_probe
 elif point == "mid-chunks":
-    import engine.ingest as ingest
-    report = ingest._report
-    def killing_report(progress, **event):
-        # once an image is finished and chunks of others are still to come
-        if event.get("stage") == "chunks" and event["images_done"] >= 1:
-            if event["chunks_done"] < event["chunks"]:
-                die()
-        return report(progress, **event)
-    ingest._report = killing_report
+    # the second image's finish task kills the run once the first image is committed:
+    # one image complete, one written but not committed, the others not finished
+    import threading
+    import engine.compute as compute
+    finish, calls, first_done = compute.finish_task, [], threading.Event()
+    def killing_finish(*a, **k):
+        calls.append(1)
+        if len(calls) >= 2:
+            first_done.wait(60)
+            die()
+        rec = finish(*a, **k)
+        first_done.set()
+        return rec
+    # named as what it replaces, so that Dask hashes and pickles it by that reference
+    killing_finish.__module__, killing_finish.__qualname__ = "engine.compute", "finish_task"
+    compute.finish_task = killing_finish
 elif point == "before-catalog":
     import engine.update as update
     update.commit = lambda *a, **k: die()
