@@ -103,13 +103,14 @@ def read_info(store: str | os.PathLike[str]) -> CollectionInfo:
     )
 
 
-def _mosaicflow_attrs(group: zarr.Group) -> dict[str, Any]:
-    value = group.attrs.asdict().get("mosaicflow")
+def _mosaicflow_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    value = attrs.get("mosaicflow")
     return dict(value) if isinstance(value, dict) else {}
 
 
 def read_root_attrs(store: str | os.PathLike[str]) -> dict[str, Any]:
-    return _mosaicflow_attrs(zarr.open_group(storage.zarr_store(store_path(store)), mode="r"))
+    root = zarr.open_group(storage.zarr_store(store_path(store)), mode="r")
+    return _mosaicflow_attrs(root.attrs.asdict())
 
 
 def init_store(
@@ -382,26 +383,29 @@ def image_meta(store: str | os.PathLike[str], image_id: str) -> dict[str, Any] |
     """The ``mosaicflow`` attributes of an image group, or None when it does not exist.
     Read from its ``zarr.json`` alone: zarr would parse every member's consolidated
     metadata first (3 ms against 0.3 ms an image, at every resume and commit)."""
-    key = storage.join(image_group_path(store, image_id), "zarr.json")
     try:
-        doc = json.loads(storage.read_bytes(key))
+        doc = json.loads(storage.read_bytes(_group_doc(store, image_id)))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    meta = doc.get("attributes", {}).get("mosaicflow", {})
-    return dict(meta) if isinstance(meta, dict) else {}
+    return _mosaicflow_attrs(doc.get("attributes", {}))
 
 
 def mark_image(store: str | os.PathLike[str], image_id: str, **meta: Any) -> None:
     """Update an image group's ``mosaicflow`` attributes (status last: it is the commit).
     One rewrite of its ``zarr.json`` that keeps the rest of the document as it is (zarr
     would re-sort the members :func:`commit_image` put in band order)."""
-    key = storage.join(image_group_path(store, image_id), "zarr.json")
+    key = _group_doc(store, image_id)
     _write_group_doc(key, json.loads(storage.read_bytes(key)), meta)
+
+
+def _group_doc(store: str | os.PathLike[str], image_id: str) -> str:
+    """The location of an image group's ``zarr.json``."""
+    return storage.join(image_group_path(store, image_id), "zarr.json")
 
 
 def _write_group_doc(key: str, doc: dict[str, Any], meta: dict[str, Any]) -> None:
     attrs = doc.setdefault("attributes", {})
-    attrs["mosaicflow"] = {**attrs.get("mosaicflow", {}), **meta}
+    attrs["mosaicflow"] = {**_mosaicflow_attrs(attrs), **meta}
     storage.write_bytes(key, json.dumps(doc, indent=2).encode())
 
 
@@ -421,7 +425,7 @@ def commit_image(
     with warnings.catch_warnings():  # "not part of the Zarr v3 spec": known, and inline
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
         zarr.consolidate_metadata(storage.zarr_store(group), zarr_format=3)
-    key = storage.join(group, "zarr.json")
+    key = _group_doc(store, image_id)
     doc = json.loads(storage.read_bytes(key))
     rank = {name: k for k, name in enumerate(order)}
 
